@@ -25,7 +25,7 @@ injected :class:`Clock`.
 
 from aibridge.keypool._clock import Clock, ManualClock, SystemClock
 from aibridge.keypool._errors import DuplicateKeyError, ErrorKind, KeyPoolError, NoKeysError
-from aibridge.keypool._key import Key, KeyState, mask_key
+from aibridge.keypool._key import Key, KeyState, fingerprint, mask_key
 from aibridge.keypool._policy import MarkPolicy, mark_key_on_status, parse_retry_hint
 from aibridge.keypool._pool import Pool, Walker
 
@@ -42,6 +42,7 @@ __all__ = [
     "Pool",
     "SystemClock",
     "Walker",
+    "fingerprint",
     "mark_key_on_status",
     "mask_key",
     "parse_retry_hint",

@@ -1,5 +1,7 @@
 """One upstream key and its derived state. All state changes live here."""
 
+import hashlib
+import hmac
 import threading
 from collections.abc import Callable
 from enum import StrEnum
@@ -24,6 +26,18 @@ def mask_key(value: str) -> str:
     return f"{value[:keep]}...{value[-keep:]}"
 
 
+_FINGERPRINT_SALT = b"aibridge/key-fingerprint/v1"
+
+
+def fingerprint(value: str) -> str:
+    """A stable, non-reversible id for a key (16 hex chars of an HMAC-SHA256).
+
+    Names a key in Redis and in the admin API, where even a hint is too little
+    to tell keys apart and the value must never appear.
+    """
+    return hmac.new(_FINGERPRINT_SALT, value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
 # Called after a key's state changed through a local decision (not a remote merge).
 ChangeListener = Callable[["Key"], None]
 
@@ -43,6 +57,7 @@ class Key:
         "_permanent",
         "_reason",
         "consecutive_failures",
+        "fingerprint",
         "hint",
         "index",
         "last_failure_at",
@@ -61,6 +76,7 @@ class Key:
     ) -> None:
         self.value = value
         self.hint = mask_key(value)
+        self.fingerprint = fingerprint(value)
         self.index = index
         self._clock = clock
         self._lock = threading.Lock()

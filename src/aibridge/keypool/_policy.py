@@ -82,7 +82,7 @@ def mark_key_on_status(
     key: Key,
     status: int,
     headers: Mapping[str, str],
-    policy: MarkPolicy = MarkPolicy(),  # noqa: B008 - frozen, shared safely
+    policy: MarkPolicy = MarkPolicy(),
 ) -> bool:
     """Mark ``key`` for the upstream's ``status``; True means "fail over to the next key"."""
     if status == 429:

@@ -35,6 +35,11 @@ class Pool:
     def __iter__(self) -> Iterator[Key]:
         return iter(self.keys)
 
+    def set_listener(self, listener: ChangeListener | None) -> None:
+        """Observe local state changes of every key (metrics, replication)."""
+        for key in self.keys:
+            key._listener = listener
+
     def states(self) -> list[KeyState]:
         return [k.state() for k in self.keys]
 
