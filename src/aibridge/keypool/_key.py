@@ -185,6 +185,18 @@ class Key:
             self._reason = None
             self.consecutive_failures = 0
 
+    def adopt(self, other: "Key") -> None:
+        """Take over another Key object's state and counters (same value, config reload)."""
+        with self._lock:
+            self._deadline = other._deadline
+            self._reason = other._reason
+            self._permanent = other._permanent
+            self.consecutive_failures = other.consecutive_failures
+            self.last_status = other.last_status
+            self.last_failure_at = other.last_failure_at
+            self.served = other.served
+            self.last_used = other.last_used
+
     # -- bookkeeping -------------------------------------------------------
 
     def record_success(self) -> None:

@@ -1,0 +1,661 @@
+"""The gateway: a raw ASGI app assembled from the config.
+
+    client -> route -> auth -> body -> failover loop -> relay -> record
+
+The request path touches no framework, no pydantic and no database: routing is
+a dict lookup and a prefix match, headers are filtered once, the body is read
+once and sent unchanged on every attempt, and the record goes to a queue.
+"""
+
+import asyncio
+import itertools
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aibridge import intercept
+from aibridge.admin import handle_admin
+from aibridge.asgi import RawHeaders, Receive, RequestGuard, Scope, Send, encode_headers, send_whole
+from aibridge.auth import TokenTable, bearer_token
+from aibridge.clients import guess_client
+from aibridge.config import Config, ConfigError, ProviderConfig, load_file
+from aibridge.failover import (
+    ByokCredential,
+    Credentials,
+    PoolCredentials,
+    UpstreamUnreachable,
+    send_with_failover,
+)
+from aibridge.headers import forwardable_request_header, relayable_response_header
+from aibridge.keypool import (
+    Clock,
+    Key,
+    KeyPoolError,
+    MarkPolicy,
+    Pool,
+    SystemClock,
+    Walker,
+    mask_key,
+)
+from aibridge.metrics import Metrics
+from aibridge.providers import PROVIDER_TYPES, ErrorResponse, Route, RouteKind, RouteMiss
+from aibridge.recorder import NullRecorder, Recorder
+from aibridge.recorder.records import Interception
+
+ERROR_MESSAGE_LIMIT = 1024
+
+# Request headers the gateway reads for itself, by slot.
+_AUTHORIZATION, _API_KEY, _AIBRIDGE_TOKEN, _UPGRADE, _CONTENT_LENGTH = range(5)
+_USER_AGENT, _CLAUDE_SESSION, _CODEX_SESSION, _CURSOR = range(5, 9)
+_CAPTURED = {
+    b"authorization": _AUTHORIZATION,
+    b"x-api-key": _API_KEY,
+    b"x-aibridge-token": _AIBRIDGE_TOKEN,
+    b"upgrade": _UPGRADE,
+    b"content-length": _CONTENT_LENGTH,
+    b"user-agent": _USER_AGENT,
+    b"x-claude-code-session-id": _CLAUDE_SESSION,
+    b"session_id": _CODEX_SESSION,
+    b"x-cursor-client-version": _CURSOR,
+}
+
+_ERROR_TYPE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "unauthorized",
+    404: "bad_request",
+    405: "bad_request",
+    408: "timeout",
+    413: "bad_request",
+    422: "bad_request",
+    426: "bad_request",
+    429: "rate_limited",
+    503: "overloaded",
+    504: "timeout",
+    529: "overloaded",
+}
+
+
+def error_type_for(status: int) -> str | None:
+    if status < 400:
+        return None
+    return _ERROR_TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "bad_request")
+
+
+class ProviderRuntime:
+    """One configured provider, ready to serve: its pool, policy and timeouts."""
+
+    def __init__(self, config: ProviderConfig, clock: Clock) -> None:
+        self.config = config
+        self.name = config.name
+        self.type: ModuleType = PROVIDER_TYPES[config.type]
+        self.pool = Pool(config.keys, clock)
+        self.policy = MarkPolicy(
+            on_unauthorized=config.on_unauthorized, on_forbidden=config.on_forbidden
+        )
+        self.base_url = config.base_url
+        self.allow_byok = config.allow_byok
+        t = config.timeouts
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=t.connect, sock_read=None
+        )
+        self.response_timeout = t.response
+        self.idle_timeout = t.idle
+        self._strategy = config.strategy
+        self._turn = itertools.count()
+        self._weights = config.weights
+        self._rng = random.Random()
+
+    def walker(self) -> Walker:
+        if self._strategy == "primary":
+            return self.pool.walker()
+        if self._strategy == "round_robin":
+            return self.pool.walker(next(self._turn))
+        assert self._weights is not None
+        start = self._rng.choices(range(len(self.pool)), weights=self._weights)[0]
+        return self.pool.walker(start)
+
+    def error(self, status: int, message: str, request_id: str | None = None) -> ErrorResponse:
+        response: ErrorResponse = self.type.error_response(
+            status, None, message, request_id=request_id
+        )
+        return response
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's state as it moves through the gateway."""
+
+    rt: ProviderRuntime
+    route: Route
+    request_id: str
+    started: float  # perf_counter
+    started_wall: float
+    user: str = "anonymous"
+    model: str = ""
+    stream: bool = False
+    credential: str = "pool"
+    client: str = "unknown"
+    user_agent: str = ""
+    session_id: str | None = None
+    status: int = 0
+    error_type: str | None = None
+    error_message: str | None = None
+    hints: list[str] = field(default_factory=list)
+    attempts: int = 0
+    upstream_seconds: float = 0.0
+    committed: bool = False
+    observer: intercept.Observer | None = None
+    prompt: str | None = None
+
+
+class Gateway:
+    """The ASGI application."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        recorder: Recorder | None = None,
+        clock: Clock | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        self.clock = clock if clock is not None else SystemClock()
+        self.config_path = config_path
+        self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
+        self.providers: dict[str, ProviderRuntime] = {}
+        self.metrics = Metrics(self._pools)
+        self.log = structlog.get_logger("aibridge")
+        self.session: aiohttp.ClientSession | None = None
+        self.apply_config(config)
+
+    def apply_config(self, config: Config) -> None:
+        """Serve ``config`` from now on. Keys that stay keep their state; new keys start
+        valid; removed keys vanish. Requests in flight finish on what they started with."""
+        providers: dict[str, ProviderRuntime] = {}
+        for pc in config.providers:
+            rt = ProviderRuntime(pc, self.clock)
+            old = self.providers.get(pc.name)
+            if old is not None:
+                previous = {k.value: k for k in old.pool.keys}
+                for key in rt.pool.keys:
+                    before = previous.get(key.value)
+                    if before is not None:
+                        key.adopt(before)
+            rt.pool.set_listener(self._on_key_change(rt.name))
+            providers[pc.name] = rt
+        self.tokens: TokenTable | None = (
+            TokenTable((t.user, t.token) for t in config.auth.tokens) if config.auth else None
+        )
+        self.max_body = config.server.max_body_bytes
+        self.log_requests = config.log_requests
+        self.config = config
+        self.providers = providers
+
+    async def reload(self) -> str | None:
+        """Re-read the config file; None when applied, else why it was rejected."""
+        if self.config_path is None:
+            return "no config file to reload (started from environment variables)"
+        try:
+            config = await asyncio.to_thread(load_file, self.config_path)
+        except ConfigError as err:
+            self.log.warning("reload_rejected", error=str(err))
+            return str(err)
+        self.apply_config(config)
+        self.log.info("reloaded", providers=[p.name for p in config.providers])
+        return None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def _pools(self) -> Iterator[tuple[str, Pool]]:
+        for rt in self.providers.values():
+            yield rt.name, rt.pool
+
+    def _on_key_change(self, provider: str) -> Any:
+        transitions = self.metrics.transitions
+
+        def listener(key: Key) -> None:
+            transitions.get(provider, key.reason or "enabled").inc()
+
+        return listener
+
+    async def startup(self) -> None:
+        if self.config_path is not None and threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        if self.session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+            self.session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+
+    async def shutdown(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- ASGI entry ----------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            # Only when uvicorn runs with websockets enabled; `serve` turns them off so
+            # an upgrade reaches _http and gets 426.
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path == "/healthz":
+            await send_whole(send, 200, [(b"content-type", b"text/plain")], b"ok\n")
+            return
+        if path.startswith("/admin/"):
+            await handle_admin(self, scope, receive, send, self.reload)
+            return
+        if path == "/metrics":
+            body = generate_latest(self.metrics.registry)
+            await send_whole(send, 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())], body)
+            return
+        name, _, rest = path[1:].partition("/")
+        rt = self.providers.get(name)
+        if rt is None:
+            await self._send_error(send, None, 404, f"unknown route {path}")
+            return
+        method: str = scope["method"]
+        route = rt.type.match_route(method, "/" + rest)
+        if route is RouteMiss.NOT_FOUND:
+            await self._send_error(send, rt, 404, f"unknown route {path}")
+            return
+        if route is RouteMiss.METHOD_NOT_ALLOWED:
+            await self._send_error(send, rt, 405, f"method {method} not allowed on {path}")
+            return
+        assert isinstance(route, Route)
+        await self._serve(scope, receive, send, rt, route)
+
+    async def _send_error(
+        self,
+        send: Send,
+        rt: ProviderRuntime | None,
+        status: int,
+        message: str,
+        request_id: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        if rt is None:
+            response: ErrorResponse = PROVIDER_TYPES["openai"].error_response(status, None, message)
+        else:
+            response = rt.error(status, message, request_id)
+        await self._send_error_response(send, response, request_id, attempts)
+
+    async def _send_error_response(
+        self, send: Send, response: ErrorResponse, request_id: str | None, attempts: int
+    ) -> None:
+        headers = encode_headers(response.headers)
+        if request_id is not None:
+            headers.append((b"x-aibridge-request-id", request_id.encode()))
+            headers.append((b"x-aibridge-attempts", str(attempts).encode()))
+        await send_whole(send, response.status, headers, response.body)
+
+    # -- one request ---------------------------------------------------------
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, rt: ProviderRuntime, route: Route
+    ) -> None:
+        request_id = str(uuid.uuid4())
+        x = Exchange(rt, route, request_id, time.perf_counter(), time.time())
+        captured: list[bytes | None] = [None] * 9
+        forward: list[tuple[str, str]] = []
+        for hname, hvalue in scope["headers"]:
+            slot = _CAPTURED.get(hname)
+            if slot is not None:
+                captured[slot] = hvalue
+            if forwardable_request_header(hname):
+                forward.append((hname.decode("latin-1"), hvalue.decode("latin-1")))
+        forward.append(("accept-encoding", "identity"))
+
+        # A websocket upgrade: Codex falls back to HTTP at once on 426 (a 404 costs it retries).
+        upgrade = captured[_UPGRADE]
+        if upgrade is not None and upgrade.lower() == b"websocket":
+            await self._send_error(send, rt, 426, "websocket mode is not supported; use HTTP")
+            return
+
+        credentials = self._authenticate(rt, captured)
+        if isinstance(credentials, ErrorResponse):
+            await self._send_error_response(send, credentials, request_id, 0)
+            return
+        user, creds = credentials
+
+        body = await self._read_body(receive, captured[_CONTENT_LENGTH])
+        if body is None:
+            return  # the client went away while sending
+        if isinstance(body, ErrorResponse):
+            await self._send_error_response(send, rt.error(413, body.body.decode()), None, 0)
+            return
+
+        method: str = scope["method"]
+        query: bytes = scope.get("query_string", b"")
+        url = rt.base_url + route.upstream_path
+        if query:
+            url += "?" + query.decode("latin-1")
+
+        x.user = user
+        x.credential = "byok" if isinstance(creds, ByokCredential) else "pool"
+        if route.kind is RouteKind.PASSTHROUGH:
+            self.metrics.passthrough.get(rt.name, route.api, method).inc()
+            try:
+                await self._exchange(x, send, receive, method, url, forward, body, creds)
+            finally:
+                if self.log_requests:
+                    self._log(x, time.perf_counter())
+            return
+
+        try:
+            info = intercept.parse_request(route.api, body)
+        except intercept.BadRequest as err:
+            await self._send_error(send, rt, 400, err.message, request_id, 0)
+            return
+        x.model = info.model
+        x.stream = info.stream
+        x.prompt = info.prompt
+        user_agent = captured[_USER_AGENT]
+        x.user_agent = user_agent.decode("latin-1") if user_agent is not None else ""
+        x.client = guess_client(x.user_agent, captured[_CURSOR] is not None)
+        session = captured[_CLAUDE_SESSION] or captured[_CODEX_SESSION]
+        x.session_id = session.decode("latin-1") if session is not None else None
+        inflight = self.metrics.inflight.get(rt.name, route.api)
+        inflight.inc()
+        try:
+            x.observer = intercept.response_observer(
+                route.api, info.stream, strip_usage_chunk=info.injected_usage
+            )
+            await self._exchange(x, send, receive, method, url, forward, info.body, creds)
+        finally:
+            inflight.dec()
+            self._finish(x)
+
+    def _authenticate(
+        self, rt: ProviderRuntime, captured: list[bytes | None]
+    ) -> tuple[str, Credentials] | ErrorResponse:
+        """The user and the credentials to use upstream, or the error to answer with."""
+        raw_auth = captured[_AUTHORIZATION]
+        raw_key = captured[_API_KEY]
+        authorization = raw_auth.decode("latin-1") if raw_auth is not None else None
+        api_key = raw_key.decode("latin-1") if raw_key is not None else None
+        raw_gateway = captured[_AIBRIDGE_TOKEN]
+        if raw_gateway is not None:
+            # BYOK: the gateway token names the user; the provider credential is the client's.
+            user = "anonymous"
+            if self.tokens is not None:
+                found = self.tokens.user_for(raw_gateway.decode("latin-1"))
+                if found is None:
+                    return rt.error(401, "invalid aibridge token")
+                user = found
+            if not rt.allow_byok:
+                return rt.error(403, f"bring-your-own-key is disabled for provider {rt.name}")
+            if api_key:
+                header = ("x-api-key", api_key)
+                secret = api_key
+            elif authorization:
+                header = ("authorization", authorization)
+                secret = bearer_token(authorization) or authorization
+            else:
+                return rt.error(401, "bring-your-own-key requests need a provider API key")
+            return user, ByokCredential(header, mask_key(secret))
+        if self.tokens is not None:
+            token = bearer_token(authorization) or api_key
+            found = self.tokens.user_for(token)
+            if found is None:
+                message = "missing gateway token" if not token else "invalid gateway token"
+                return rt.error(401, message)
+            user = found
+        else:
+            user = "anonymous"
+        return user, PoolCredentials(rt.walker(), rt.type, rt.policy)
+
+    async def _read_body(
+        self, receive: Receive, content_length: bytes | None
+    ) -> bytes | ErrorResponse | None:
+        limit = self.max_body
+        too_large = ErrorResponse(413, {}, f"request body exceeds {limit} bytes".encode())
+        if content_length is not None:
+            try:
+                if int(content_length) > limit:
+                    return too_large
+            except ValueError:
+                pass
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    return too_large
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if len(chunks) == 1:
+            return chunks[0]
+        return b"".join(chunks)
+
+    async def _exchange(
+        self,
+        x: Exchange,
+        send: Send,
+        receive: Receive,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        creds: Credentials,
+    ) -> None:
+        """The failover loop, then the relay; with disconnects and timeouts handled."""
+        session = self.session
+        if session is None:
+            await self.startup()
+            session = self.session
+            assert session is not None
+        rt = x.rt
+        guard = RequestGuard()
+        guard.watch_disconnect(receive)
+        guard.deadline(rt.response_timeout)
+        upstream_started = time.perf_counter()
+        response: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                response = await send_with_failover(
+                    session, method, url, headers, body or None, creds, rt.client_timeout, x.hints
+                )
+            except KeyPoolError as err:
+                x.attempts = creds.attempts
+                self.metrics.exhaustions.get(rt.name, err.kind.value).inc()
+                error = rt.type.pool_error_response(err, x.request_id)
+                x.status = error.status
+                x.error_type = "rate_limited" if error.status == 429 else "unauthorized"
+                x.error_message = str(err)
+                await self._send_error_response(send, error, x.request_id, x.attempts)
+                return
+            except UpstreamUnreachable as err:
+                x.attempts = creds.attempts
+                await self._fail(x, send, 502, f"upstream unreachable ({err})", "server_error")
+                return
+            x.attempts = creds.attempts
+            await self._relay(x, send, response, guard)
+        except asyncio.CancelledError:
+            if guard.reason is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            x.attempts = creds.attempts
+            await self._after_cancel(x, send, guard.reason)
+        finally:
+            guard.close()
+            if response is not None:
+                # Closing (not releasing) drops a half-read upstream at once.
+                response.close()
+            x.upstream_seconds = time.perf_counter() - upstream_started
+
+    async def _relay(
+        self, x: Exchange, send: Send, response: aiohttp.ClientResponse, guard: RequestGuard
+    ) -> None:
+        status = response.status
+        headers: RawHeaders = []
+        content_type = ""
+        for name, value in response.headers.items():
+            lowered = name.lower()
+            if relayable_response_header(lowered):
+                headers.append((lowered.encode("latin-1"), value.encode("latin-1")))
+                if lowered == "content-type":
+                    content_type = value
+        headers.append((b"x-aibridge-request-id", x.request_id.encode()))
+        headers.append((b"x-aibridge-attempts", str(x.attempts).encode()))
+        x.status = status
+        observer = x.observer
+        if not content_type.startswith("text/event-stream"):
+            body = await response.read()
+            x.committed = True
+            if observer is not None:
+                observer.feed(body)
+                observer.close()
+            if status >= 400:
+                self._note_upstream_error(x, body)
+            await send_whole(send, status, headers, body)
+            return
+
+        # A stream: committed from its first byte on; relay chunk by chunk.
+        guard.idle(x.rt.idle_timeout)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        x.committed = True
+        try:
+            async for chunk in response.content.iter_any():
+                guard.touch()
+                out = observer.feed(chunk) if observer is not None else chunk
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as err:
+            await self._end_broken_stream(x, send, f"upstream stream broke ({type(err).__name__})")
+            return
+        tail = observer.close() if observer is not None else b""
+        if observer is not None and not observer.complete and status < 400:
+            if tail:
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+            await self._end_broken_stream(x, send, "upstream stream ended before completion")
+            return
+        if observer is not None and observer.error is not None:
+            x.error_type = "server_error"
+            x.error_message = observer.error[:ERROR_MESSAGE_LIMIT]
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def _note_upstream_error(self, x: Exchange, body: bytes) -> None:
+        x.error_type = error_type_for(x.status)
+        x.error_message = body[:ERROR_MESSAGE_LIMIT].decode("utf-8", "replace")
+
+    async def _end_broken_stream(self, x: Exchange, send: Send, message: str) -> None:
+        """Never end a truncated stream as if it were complete: say so in the stream."""
+        x.error_type = "server_error"
+        x.error_message = message
+        event: bytes = x.rt.type.stream_error_event(message)
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+
+    async def _fail(self, x: Exchange, send: Send, status: int, message: str, kind: str) -> None:
+        x.status = status
+        x.error_type = kind
+        x.error_message = message
+        await self._send_error(send, x.rt, status, message, x.request_id, x.attempts)
+
+    async def _after_cancel(self, x: Exchange, send: Send, reason: str) -> None:
+        if reason == "client_closed":
+            x.error_type = "client_closed"
+            x.error_message = "client closed the connection"
+            if not x.committed:
+                x.status = 499
+            return
+        # A timeout: 504 before commit, an error event in the stream after.
+        if x.committed:
+            await self._end_broken_stream(x, send, "upstream timed out")
+            x.error_type = "timeout"
+            return
+        await self._fail(x, send, 504, "upstream timed out", "timeout")
+
+    # -- after the response ---------------------------------------------------
+
+    def _finish(self, x: Exchange) -> None:
+        ended = time.perf_counter()
+        observer = x.observer
+        rec = Interception(
+            id=x.request_id,
+            user=x.user,
+            provider=x.rt.name,
+            provider_type=x.rt.type.TYPE,
+            model=x.model,
+            route=x.route.api,
+            streaming=x.stream,
+            client=x.client,
+            user_agent=x.user_agent,
+            session_id=x.session_id,
+            credential=x.credential,
+            key_hint=x.hints[-1] if x.hints and x.committed else None,
+            attempts=x.attempts,
+            started_at=x.started_wall,
+            ended_at=x.started_wall + (ended - x.started),
+            status=x.status,
+            error_type=x.error_type,
+            error_message=x.error_message,
+            usage=observer.usage if observer is not None else None,
+            prompt=x.prompt,
+            tool_calls=observer.tool_calls if observer is not None else [],
+        )
+        self.recorder.record(rec)
+        self.metrics.observe_interception(rec, x.upstream_seconds)
+        if self.log_requests:
+            self._log(x, ended)
+
+    def _log(self, x: Exchange, ended: float) -> None:
+        self.log.info(
+            "request",
+            request_id=x.request_id,
+            user=x.user,
+            provider=x.rt.name,
+            route=x.route.api,
+            model=x.model,
+            stream=x.stream,
+            status=x.status,
+            attempts=x.attempts,
+            keys=x.hints,
+            credential=x.credential,
+            duration_ms=round((ended - x.started) * 1000, 2),
+            upstream_ms=round(x.upstream_seconds * 1000, 2),
+            error=x.error_type,
+        )

@@ -1,0 +1,216 @@
+"""Prometheus metrics, with label children cached so the hot path does no label work.
+
+Label values that come from clients or models (model names, tool names) are
+capped: past ``MAX_LABEL_VALUES`` distinct values new ones are reported as
+``other``, so a client sending random model names cannot grow the registry
+without bound.
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from aibridge.keypool import KeyState, Pool
+from aibridge.recorder.records import Interception
+
+MAX_LABEL_VALUES = 500
+_STATE_VALUE = {KeyState.VALID: 0.0, KeyState.TEMPORARY: 1.0, KeyState.PERMANENT: 2.0}
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_ATTEMPT_BUCKETS = (0, 1, 2, 3, 4, 5, 8, 16)
+
+
+class _Children:
+    """A cache of labelled children of one metric, with capped cardinality."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def get(self, *labels: str) -> Any:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
+
+
+class _CappedValues:
+    """Passes the first ``limit`` distinct values through, then says ``other``."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return "other"
+        self._seen.add(value)
+        return value
+
+
+class _KeyPoolCollector(Collector):
+    """``aibridge_key_pool_state``, computed from the pools at scrape time."""
+
+    def __init__(self, pools: Callable[[], Iterable[tuple[str, Pool]]]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "aibridge_key_pool_state",
+            "State of each pool key: 0 valid, 1 temporary (cooling down), 2 permanent.",
+            labels=["provider", "key"],
+        )
+        for provider, pool in self._pools():
+            for key in pool.keys:
+                family.add_metric([provider, key.hint], _STATE_VALUE[key.state()])
+        yield family
+
+
+class Metrics:
+    def __init__(
+        self,
+        pools: Callable[[], Iterable[tuple[str, Pool]]],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.interceptions = _Children(
+            Counter(
+                "aibridge_interceptions",
+                "Bridged requests, by final status.",
+                ["provider", "model", "route", "status", "client"],
+                registry=r,
+            )
+        )
+        self.inflight = _Children(
+            Gauge(
+                "aibridge_interceptions_inflight",
+                "Bridged requests in flight.",
+                ["provider", "route"],
+                registry=r,
+            )
+        )
+        self.duration = _Children(
+            Histogram(
+                "aibridge_interceptions_duration_seconds",
+                "Duration of bridged requests, to the last byte.",
+                ["provider", "model"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.passthrough = _Children(
+            Counter(
+                "aibridge_passthrough",
+                "Passthrough requests.",
+                ["provider", "route", "method"],
+                registry=r,
+            )
+        )
+        self.tokens = _Children(
+            Counter(
+                "aibridge_tokens",
+                "Tokens used, by type (input, output, cache_read, cache_write, extras).",
+                ["provider", "model", "type", "user"],
+                registry=r,
+            )
+        )
+        self.prompts = _Children(
+            Counter(
+                "aibridge_prompts",
+                "User prompts seen.",
+                ["provider", "model", "user"],
+                registry=r,
+            )
+        )
+        self.tool_calls = _Children(
+            Counter(
+                "aibridge_tool_calls",
+                "Tool calls the model made.",
+                ["provider", "model", "name"],
+                registry=r,
+            )
+        )
+        self.transitions = _Children(
+            Counter(
+                "aibridge_key_pool_state_transitions",
+                "Key state changes, by reason.",
+                ["provider", "reason"],
+                registry=r,
+            )
+        )
+        self.exhaustions = _Children(
+            Counter(
+                "aibridge_key_pool_exhaustions",
+                "Requests for which no key could serve.",
+                ["provider", "kind"],
+                registry=r,
+            )
+        )
+        self.failover_attempts = _Children(
+            Histogram(
+                "aibridge_key_pool_failover_attempts",
+                "Keys tried per request.",
+                ["provider"],
+                buckets=_ATTEMPT_BUCKETS,
+                registry=r,
+            )
+        )
+        self.upstream_duration = _Children(
+            Histogram(
+                "aibridge_upstream_duration_seconds",
+                "Time spent waiting on and reading from the upstream.",
+                ["provider", "route"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.overhead = _Children(
+            Histogram(
+                "aibridge_overhead_seconds",
+                "Time the gateway adds: total minus upstream time.",
+                ["route"],
+                buckets=_OVERHEAD_BUCKETS,
+                registry=r,
+            )
+        )
+        r.register(_KeyPoolCollector(pools))
+        self.model_label = _CappedValues()
+        self.tool_label = _CappedValues()
+
+    def observe_interception(self, rec: Interception, upstream_seconds: float) -> None:
+        p, m = rec.provider, self.model_label(rec.model)
+        self.interceptions.get(p, m, rec.route, str(rec.status), rec.client).inc()
+        total = rec.ended_at - rec.started_at
+        self.duration.get(p, m).observe(total)
+        self.failover_attempts.get(p).observe(rec.attempts)
+        self.upstream_duration.get(p, rec.route).observe(upstream_seconds)
+        self.overhead.get(rec.route).observe(max(0.0, total - upstream_seconds))
+        usage = rec.usage
+        if usage is not None:
+            u = rec.user
+            if usage.input:
+                self.tokens.get(p, m, "input", u).inc(usage.input)
+            if usage.output:
+                self.tokens.get(p, m, "output", u).inc(usage.output)
+            if usage.cache_read:
+                self.tokens.get(p, m, "cache_read", u).inc(usage.cache_read)
+            if usage.cache_write:
+                self.tokens.get(p, m, "cache_write", u).inc(usage.cache_write)
+            for kind, count in usage.extra.items():
+                if count:
+                    self.tokens.get(p, m, kind, u).inc(count)
+        if rec.prompt is not None:
+            self.prompts.get(p, m, rec.user).inc()
+        for call in rec.tool_calls:
+            self.tool_calls.get(p, m, self.tool_label(call.name)).inc()

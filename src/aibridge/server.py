@@ -1,0 +1,73 @@
+"""Running the gateway under uvicorn: loopback checks, graceful shutdown."""
+
+import ipaddress
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from aibridge.app import Gateway
+from aibridge.config import Config
+from aibridge.recorder import open_recorder
+
+
+class InsecureBindError(ValueError):
+    pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(config: Config, host: str, insecure_no_auth: bool) -> None:
+    if config.auth is None and not is_loopback(host) and not insecure_no_auth:
+        raise InsecureBindError(
+            f"refusing to serve on {host} without gateway auth: add an auth block to the "
+            "config, bind to 127.0.0.1, or pass --insecure-no-auth"
+        )
+
+
+def build_gateway(config: Config, config_path: Path | None = None) -> Gateway:
+    recorder = open_recorder(config.database, spool_path=config.spool)
+    return Gateway(config, recorder=recorder, config_path=config_path)
+
+
+def uvicorn_config(app: Gateway, host: str, port: int, shutdown_timeout: float) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="none",  # a websocket upgrade reaches the app as HTTP and gets 426
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
+        timeout_keep_alive=75,
+        backlog=4096,
+    )
+
+
+def serve(
+    config: Config,
+    host: str,
+    port: int,
+    config_path: Path | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; in-flight requests get ``shutdown_timeout`` to finish.
+
+    SIGHUP re-reads ``config_path``. The recorder is flushed before the process exits.
+    """
+    gateway = build_gateway(config, config_path)
+    server = uvicorn.Server(uvicorn_config(gateway, host, port, config.server.shutdown_timeout))
+    try:
+        server.run(sockets=[sock] if sock is not None else None)
+    finally:
+        gateway.recorder.close()
