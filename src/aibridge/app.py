@@ -28,6 +28,7 @@ from aibridge import intercept
 from aibridge.admin import handle_admin
 from aibridge.asgi import RawHeaders, Receive, RequestGuard, Scope, Send, encode_headers, send_whole
 from aibridge.auth import TokenTable, bearer_token
+from aibridge.circuit import BreakerConfig, BreakerRegistry, TripListener, failure_statuses_for
 from aibridge.clients import guess_client
 from aibridge.config import Config, ConfigError, ProviderConfig, load_file
 from aibridge.failover import (
@@ -48,8 +49,16 @@ from aibridge.keypool import (
     Walker,
     mask_key,
 )
-from aibridge.metrics import Metrics
-from aibridge.providers import PROVIDER_TYPES, ErrorResponse, Route, RouteKind, RouteMiss
+from aibridge.keystate import RedisKeyState
+from aibridge.metrics import Metrics, breaker_model
+from aibridge.providers import (
+    PROVIDER_TYPES,
+    ErrorResponse,
+    Route,
+    RouteKind,
+    RouteMiss,
+    retry_headers,
+)
 from aibridge.recorder import NullRecorder, Recorder
 from aibridge.recorder.records import Interception
 
@@ -96,7 +105,9 @@ def error_type_for(status: int) -> str | None:
 class ProviderRuntime:
     """One configured provider, ready to serve: its pool, policy and timeouts."""
 
-    def __init__(self, config: ProviderConfig, clock: Clock) -> None:
+    def __init__(
+        self, config: ProviderConfig, clock: Clock, on_trip: TripListener | None = None
+    ) -> None:
         self.config = config
         self.name = config.name
         self.type: ModuleType = PROVIDER_TYPES[config.type]
@@ -116,6 +127,20 @@ class ProviderRuntime:
         self._turn = itertools.count()
         self._weights = config.weights
         self._rng = random.Random()
+        self.breakers: BreakerRegistry | None = None
+        cb = config.circuit_breaker
+        if cb is not None:
+            statuses = cb.failure_statuses or failure_statuses_for(config.type)
+            self.breakers = BreakerRegistry(
+                BreakerConfig(
+                    failure_threshold=cb.failure_threshold,
+                    open_timeout=cb.open_timeout,
+                    half_open_probes=cb.half_open_probes,
+                    failure_statuses=frozenset(statuses),
+                ),
+                clock,
+                on_trip,
+            )
 
     def walker(self) -> Walker:
         if self._strategy == "primary":
@@ -175,9 +200,10 @@ class Gateway:
         self.config_path = config_path
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
         self.providers: dict[str, ProviderRuntime] = {}
-        self.metrics = Metrics(self._pools)
+        self.metrics = Metrics(self._pools, self._breakers)
         self.log = structlog.get_logger("aibridge")
         self.session: aiohttp.ClientSession | None = None
+        self.keystate: RedisKeyState | None = None
         self.apply_config(config)
 
     def apply_config(self, config: Config) -> None:
@@ -185,7 +211,7 @@ class Gateway:
         valid; removed keys vanish. Requests in flight finish on what they started with."""
         providers: dict[str, ProviderRuntime] = {}
         for pc in config.providers:
-            rt = ProviderRuntime(pc, self.clock)
+            rt = ProviderRuntime(pc, self.clock, self.metrics.on_breaker_trip)
             old = self.providers.get(pc.name)
             if old is not None:
                 previous = {k.value: k for k in old.pool.keys}
@@ -193,7 +219,7 @@ class Gateway:
                     before = previous.get(key.value)
                     if before is not None:
                         key.adopt(before)
-            rt.pool.set_listener(self._on_key_change(rt.name))
+            rt.pool.add_listener(self._on_key_change(rt.name))
             providers[pc.name] = rt
         self.tokens: TokenTable | None = (
             TokenTable((t.user, t.token) for t in config.auth.tokens) if config.auth else None
@@ -202,6 +228,9 @@ class Gateway:
         self.log_requests = config.log_requests
         self.config = config
         self.providers = providers
+        if self.keystate is not None:
+            for rt in providers.values():
+                self.keystate.attach(rt.name, rt.pool)
 
     async def reload(self) -> str | None:
         """Re-read the config file; None when applied, else why it was rejected."""
@@ -222,6 +251,11 @@ class Gateway:
         for rt in self.providers.values():
             yield rt.name, rt.pool
 
+    def _breakers(self) -> Iterator[BreakerRegistry]:
+        for rt in self.providers.values():
+            if rt.breakers is not None:
+                yield rt.breakers
+
     def _on_key_change(self, provider: str) -> Any:
         transitions = self.metrics.transitions
 
@@ -234,6 +268,11 @@ class Gateway:
         if self.config_path is not None and threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        if self.config.state is not None and self.keystate is None:
+            self.keystate = RedisKeyState(self.config.state)
+            for rt in self.providers.values():
+                self.keystate.attach(rt.name, rt.pool)
+            await self.keystate.start()  # never raises: Redis down means local state only
         if self.session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
             self.session = aiohttp.ClientSession(
@@ -247,6 +286,10 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
             self.session = None
+        if self.keystate is not None:
+            await self.keystate.close()
+            self.keystate = None
+        await asyncio.to_thread(self.recorder.close)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -390,6 +433,24 @@ class Gateway:
         x.client = guess_client(x.user_agent, captured[_CURSOR] is not None)
         session = captured[_CLAUDE_SESSION] or captured[_CODEX_SESSION]
         x.session_id = session.decode("latin-1") if session is not None else None
+        breaker = rt.breakers.get(rt.name, route.api, info.model) if rt.breakers else None
+        if breaker is not None:
+            wait = breaker.admit()
+            if wait is not None:
+                self.metrics.breaker_rejects.get(
+                    rt.name, route.api, breaker_model(info.model)
+                ).inc()
+                error = rt.type.error_response(
+                    503,
+                    None,
+                    f"circuit open for {route.api} {info.model}: the upstream keeps failing",
+                    headers=retry_headers(wait),
+                    request_id=request_id,
+                )
+                x.status, x.error_type, x.error_message = 503, "overloaded", "circuit open"
+                await self._send_error_response(send, error, request_id, 0)
+                self._finish(x)
+                return
         inflight = self.metrics.inflight.get(rt.name, route.api)
         inflight.inc()
         try:
@@ -399,6 +460,11 @@ class Gateway:
             await self._exchange(x, send, receive, method, url, forward, info.body, creds)
         finally:
             inflight.dec()
+            if breaker is not None:
+                if x.error_type == "client_closed" or not x.status:
+                    breaker.release()
+                else:
+                    breaker.record(x.status)
             self._finish(x)
 
     def _authenticate(

@@ -76,8 +76,29 @@ def check_config(
 
 
 @app.command()
+def demo() -> None:
+    """Show failover: a mock upstream, the gateway, 3 keys (rate-limited, revoked, healthy)."""
+    from aibridge.demo import run_demo
+
+    raise typer.Exit(run_demo())
+
+
+@app.command()
 def version() -> None:
     """Print aibridge's version."""
     from aibridge import __version__
 
     typer.echo(__version__)
+
+
+def _register_optional_commands() -> None:
+    from aibridge.keys_command import keys_command
+    from aibridge.mock_upstream import mock_upstream_command
+    from aibridge.recorder.report import usage_command
+
+    app.command("mock-upstream")(mock_upstream_command)
+    app.command("usage")(usage_command)
+    app.command("keys")(keys_command)
+
+
+_register_optional_commands()

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aibridge.circuit import OTHER_MODEL, BreakerRegistry, CircuitState
 from aibridge.keypool import KeyState, Pool
 from aibridge.recorder.records import Interception
 
@@ -76,10 +77,37 @@ class _KeyPoolCollector(Collector):
         yield family
 
 
+_CIRCUIT_VALUE = {CircuitState.CLOSED: 0.0, CircuitState.OPEN: 1.0, CircuitState.HALF_OPEN: 2.0}
+
+
+def breaker_model(model: str) -> str:
+    """Model label for breaker metrics (the registry caps models; so does this)."""
+    return model if len(model) <= 256 else OTHER_MODEL
+
+
+class _BreakerCollector(Collector):
+    """``aibridge_circuit_breaker_state``: 0 closed, 1 open, 2 half-open, at scrape time."""
+
+    def __init__(self, registries: Callable[[], Iterable[BreakerRegistry]]) -> None:
+        self._registries = registries
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "aibridge_circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            labels=["provider", "endpoint", "model"],
+        )
+        for registry in self._registries():
+            for provider, endpoint, model, state in registry.snapshot():
+                family.add_metric([provider, endpoint, model], _CIRCUIT_VALUE[state])
+        yield family
+
+
 class Metrics:
     def __init__(
         self,
         pools: Callable[[], Iterable[tuple[str, Pool]]],
+        breakers: Callable[[], Iterable[BreakerRegistry]] = tuple,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -185,8 +213,28 @@ class Metrics:
             )
         )
         r.register(_KeyPoolCollector(pools))
+        self.breaker_trips = _Children(
+            Counter(
+                "aibridge_circuit_breaker_trips",
+                "Times a circuit breaker opened.",
+                ["provider", "endpoint", "model"],
+                registry=r,
+            )
+        )
+        self.breaker_rejects = _Children(
+            Counter(
+                "aibridge_circuit_breaker_rejects",
+                "Requests answered 503 without an upstream call because a circuit was open.",
+                ["provider", "endpoint", "model"],
+                registry=r,
+            )
+        )
+        r.register(_BreakerCollector(breakers))
         self.model_label = _CappedValues()
         self.tool_label = _CappedValues()
+
+    def on_breaker_trip(self, provider: str, endpoint: str, model: str) -> None:
+        self.breaker_trips.get(provider, endpoint, breaker_model(model)).inc()
 
     def observe_interception(self, rec: Interception, upstream_seconds: float) -> None:
         p, m = rec.provider, self.model_label(rec.model)

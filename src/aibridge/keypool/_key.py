@@ -125,7 +125,7 @@ class Key:
 
         Returns True only for a VALID -> TEMPORARY transition.
         """
-        if cooldown <= 0:
+        if not cooldown > 0:  # also NaN, which would leave the key VALID yet return True
             cooldown = DEFAULT_COOLDOWN
         with self._lock:
             if self._permanent:

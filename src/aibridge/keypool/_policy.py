@@ -75,7 +75,11 @@ def _seconds_until_http_date(text: str) -> float:
 def _auth_cooldown(key: Key, policy: MarkPolicy) -> float:
     # consecutive_failures already counts this failure when the gateway records it.
     streak = max(0, key.consecutive_failures - 1)
-    return min(policy.default_cooldown * (policy.auth_backoff**streak), policy.max_cooldown)
+    try:
+        cooldown = policy.default_cooldown * (policy.auth_backoff**streak)
+    except OverflowError:  # a long streak: float pow raises instead of giving inf
+        return policy.max_cooldown
+    return min(cooldown, policy.max_cooldown)
 
 
 def mark_key_on_status(

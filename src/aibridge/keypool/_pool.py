@@ -25,8 +25,9 @@ class Pool:
                 raise DuplicateKeyError(i)
             seen.add(value)
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self._listeners: list[ChangeListener] = [listener] if listener is not None else []
         self.keys: tuple[Key, ...] = tuple(
-            Key(value, self.clock, index=i, listener=listener) for i, value in enumerate(keys)
+            Key(value, self.clock, index=i, listener=self._notify) for i, value in enumerate(keys)
         )
 
     def __len__(self) -> int:
@@ -35,10 +36,17 @@ class Pool:
     def __iter__(self) -> Iterator[Key]:
         return iter(self.keys)
 
+    def _notify(self, key: Key) -> None:
+        for listener in self._listeners:
+            listener(key)
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Also call ``listener`` after each local state change of a key (metrics, replication)."""
+        self._listeners.append(listener)
+
     def set_listener(self, listener: ChangeListener | None) -> None:
-        """Observe local state changes of every key (metrics, replication)."""
-        for key in self.keys:
-            key._listener = listener
+        """Replace every listener with ``listener`` (or none)."""
+        self._listeners[:] = [listener] if listener is not None else []
 
     def states(self) -> list[KeyState]:
         return [k.state() for k in self.keys]
