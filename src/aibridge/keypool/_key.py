@@ -9,6 +9,8 @@ from enum import StrEnum
 from aibridge.keypool._clock import Clock
 
 DEFAULT_COOLDOWN = 60.0
+# No cooldown lasts longer than this (an infinite one would break Retry-After arithmetic).
+_FAR_FUTURE = 10 * 365 * 86400.0
 
 
 class KeyState(StrEnum):
@@ -56,6 +58,7 @@ class Key:
         "_lock",
         "_permanent",
         "_reason",
+        "auth_streak",
         "consecutive_failures",
         "fingerprint",
         "hint",
@@ -84,6 +87,8 @@ class Key:
         self._reason: str | None = None
         self._permanent = False
         self._listener = listener
+        # Consecutive auth failures (401/403 marks): each one doubles the next cooldown.
+        self.auth_streak = 0
         # Health bookkeeping (read by the admin API; written by the gateway).
         self.consecutive_failures = 0
         self.last_status: int | None = None
@@ -113,6 +118,16 @@ class Key:
         """The cooldown deadline on the pool's clock (``-inf`` when never marked)."""
         return self._deadline
 
+    def view(self) -> tuple[KeyState, str | None, float]:
+        """State, reason and remaining cooldown, all read at one instant."""
+        permanent, deadline, reason = self._permanent, self._deadline, self._reason
+        if permanent:
+            return KeyState.PERMANENT, reason, 0.0
+        remaining = deadline - self._clock.now()
+        if remaining > 0:
+            return KeyState.TEMPORARY, reason, remaining
+        return KeyState.VALID, None, 0.0
+
     def cooldown_remaining(self) -> float:
         if self._permanent:
             return 0.0
@@ -127,6 +142,7 @@ class Key:
         """
         if not cooldown > 0:  # also NaN, which would leave the key VALID yet return True
             cooldown = DEFAULT_COOLDOWN
+        cooldown = min(cooldown, _FAR_FUTURE)
         with self._lock:
             if self._permanent:
                 return False
@@ -161,6 +177,7 @@ class Key:
             self._deadline = float("-inf")
             self._reason = None
             self.consecutive_failures = 0
+            self.auth_streak = 0
         if self._listener is not None:
             self._listener(self)
         return not was_valid
@@ -173,7 +190,7 @@ class Key:
             if permanent:
                 self._permanent = True
                 self._reason = reason or "unauthorized"
-            elif not self._permanent and deadline > self._deadline:
+            elif not self._permanent and deadline > self._deadline and deadline < _FAR_FUTURE:
                 self._deadline = deadline
                 self._reason = reason
 
@@ -192,6 +209,7 @@ class Key:
             self._reason = other._reason
             self._permanent = other._permanent
             self.consecutive_failures = other.consecutive_failures
+            self.auth_streak = other.auth_streak
             self.last_status = other.last_status
             self.last_failure_at = other.last_failure_at
             self.served = other.served
@@ -202,6 +220,7 @@ class Key:
     def record_success(self) -> None:
         self.served += 1
         self.consecutive_failures = 0
+        self.auth_streak = 0
         self.last_used = self._clock.now()
 
     def record_failure(self, status: int) -> None:

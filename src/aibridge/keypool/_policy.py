@@ -19,9 +19,10 @@ class MarkPolicy:
     on_forbidden: Literal["ignore", "cooldown", "disable"] = "ignore"
     default_cooldown: float = 60.0
     max_cooldown: float = MAX_RETRY_HINT
-    # Each further consecutive 401/403 doubles the cooldown (60 s, 2 min, 4 min, ...),
-    # capped at max_cooldown; 1.0 keeps it flat. Any success resets the count.
-    auth_backoff: float = 2.0
+    # Each further consecutive 401/403 multiplies the cooldown by this (2.0: 60 s, 2 min,
+    # 4 min, ... capped at max_cooldown). The seed's flat 60 s is 1.0, the default here;
+    # the gateway uses 2.0. ``Key.record_success`` resets the streak.
+    auth_backoff: float = 1.0
 
 
 def _positive_float(text: str) -> float:
@@ -73,8 +74,9 @@ def _seconds_until_http_date(text: str) -> float:
 
 
 def _auth_cooldown(key: Key, policy: MarkPolicy) -> float:
-    # consecutive_failures already counts this failure when the gateway records it.
-    streak = max(0, key.consecutive_failures - 1)
+    """60 s, then 2 min, 4 min, ... for each further consecutive auth failure (<= max)."""
+    streak = key.auth_streak
+    key.auth_streak = streak + 1
     try:
         cooldown = policy.default_cooldown * (policy.auth_backoff**streak)
     except OverflowError:  # a long streak: float pow raises instead of giving inf

@@ -60,15 +60,14 @@ class Pool:
         smallest: float | None = None
         rate_limited = False
         for key in self.keys:
-            state = key.state()
+            state, reason, remaining = key.view()
             if state is KeyState.VALID:
                 # It recovered while the walk went on: the client may retry at once.
                 return KeyPoolError(ErrorKind.RATE_LIMITED, 0.0)
             if state is KeyState.TEMPORARY:
-                remaining = key.cooldown_remaining()
                 if smallest is None or remaining < smallest:
                     smallest = remaining
-                if key.reason == "rate_limited":
+                if reason == "rate_limited":
                     rate_limited = True
         if smallest is not None:
             kind = ErrorKind.RATE_LIMITED if rate_limited else ErrorKind.UNAUTHORIZED
