@@ -15,7 +15,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -61,6 +63,7 @@ from aibridge.providers import (
 )
 from aibridge.recorder import NullRecorder, Recorder
 from aibridge.recorder.records import Interception
+from aibridge.tracing import Tracing, setup_tracing
 
 ERROR_MESSAGE_LIMIT = 1024
 
@@ -96,6 +99,12 @@ _ERROR_TYPE_BY_STATUS = {
 }
 
 
+def _wants_websocket(scope: Scope) -> bool:
+    return any(
+        name == b"upgrade" and value.lower() == b"websocket" for name, value in scope["headers"]
+    )
+
+
 def error_type_for(status: int) -> str | None:
     if status < 400:
         return None
@@ -112,8 +121,12 @@ class ProviderRuntime:
         self.name = config.name
         self.type: ModuleType = PROVIDER_TYPES[config.type]
         self.pool = Pool(config.keys, clock)
+        # A key refused again and again cools down longer each time (60 s, 2 min, ... 1 h),
+        # so a revoked key is tried a handful of times an hour and never benched for good.
         self.policy = MarkPolicy(
-            on_unauthorized=config.on_unauthorized, on_forbidden=config.on_forbidden
+            on_unauthorized=config.on_unauthorized,
+            on_forbidden=config.on_forbidden,
+            auth_backoff=2.0,
         )
         self.base_url = config.base_url
         self.allow_byok = config.allow_byok
@@ -183,6 +196,7 @@ class Exchange:
     committed: bool = False
     observer: intercept.Observer | None = None
     prompt: str | None = None
+    span: Any = None  # the interception's tracing span, when tracing is on
 
 
 class Gateway:
@@ -195,7 +209,9 @@ class Gateway:
         recorder: Recorder | None = None,
         clock: Clock | None = None,
         config_path: Path | None = None,
+        tracer_provider: Any = None,
     ) -> None:
+        self.tracing = setup_tracing(config.tracing.enabled, tracer_provider)
         self.clock = clock if clock is not None else SystemClock()
         self.config_path = config_path
         self.recorder: Recorder = recorder if recorder is not None else NullRecorder()
@@ -338,6 +354,10 @@ class Gateway:
             await self._send_error(send, rt, 404, f"unknown route {path}")
             return
         if route is RouteMiss.METHOD_NOT_ALLOWED:
+            if _wants_websocket(scope):
+                # Codex opens GET /v1/responses as a websocket: 426 sends it to HTTP at once.
+                await self._send_error(send, rt, 426, "websocket mode is not supported; use HTTP")
+                return
             await self._send_error(send, rt, 405, f"method {method} not allowed on {path}")
             return
         assert isinstance(route, Route)
@@ -451,6 +471,18 @@ class Gateway:
                 await self._send_error_response(send, error, request_id, 0)
                 self._finish(x)
                 return
+        if self.tracing is not None:
+            x.span = self.tracing.interception(
+                f"aibridge {route.api}",
+                {
+                    "aibridge.provider": rt.name,
+                    "aibridge.provider_type": rt.type.TYPE,
+                    "aibridge.model": x.model,
+                    "aibridge.user": x.user,
+                    "aibridge.streaming": x.stream,
+                    "aibridge.request_id": request_id,
+                },
+            )
         inflight = self.metrics.inflight.get(rt.name, route.api)
         inflight.inc()
         try:
@@ -561,7 +593,15 @@ class Gateway:
         try:
             try:
                 response = await send_with_failover(
-                    session, method, url, headers, body or None, creds, rt.client_timeout, x.hints
+                    session,
+                    method,
+                    url,
+                    headers,
+                    body or None,
+                    creds,
+                    rt.client_timeout,
+                    x.hints,
+                    None if x.span is None else partial(self._attempt_span, x.span),
                 )
             except KeyPoolError as err:
                 x.attempts = creds.attempts
@@ -675,6 +715,10 @@ class Gateway:
             return
         await self._fail(x, send, 504, "upstream timed out", "timeout")
 
+    def _attempt_span(self, parent: Any, number: int, hint: str) -> AbstractContextManager[Any]:
+        assert self.tracing is not None
+        return self.tracing.attempt(parent, number, hint)
+
     # -- after the response ---------------------------------------------------
 
     def _finish(self, x: Exchange) -> None:
@@ -704,6 +748,12 @@ class Gateway:
             tool_calls=observer.tool_calls if observer is not None else [],
         )
         self.recorder.record(rec)
+        if x.span is not None:
+            Tracing.end_interception(
+                x.span,
+                x.status,
+                {"aibridge.attempts": x.attempts, "aibridge.error_type": x.error_type},
+            )
         self.metrics.observe_interception(rec, x.upstream_seconds)
         if self.log_requests:
             self._log(x, ended)

@@ -7,8 +7,10 @@ by the caller. Failover is therefore possible until the first byte of a
 response is relayed, and never after.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from types import ModuleType
+from typing import Any
 
 import aiohttp
 
@@ -85,25 +87,32 @@ async def send_with_failover(
     credentials: Credentials,
     client_timeout: aiohttp.ClientTimeout,
     hints: list[str],
+    attempt_span: Callable[[int, str], AbstractContextManager[Any]] | None = None,
 ) -> aiohttp.ClientResponse:
     """Send until an answer is not a key failure; return it unread.
 
     Raises ``KeyPoolError`` when the pool runs dry and ``UpstreamUnreachable``
     when the upstream cannot be reached. ``hints`` collects the masked key
-    hints tried, in order.
+    hints tried, in order. ``attempt_span`` (tracing on) wraps each attempt.
     """
     while True:
         auth, hint = credentials.next()
         hints.append(hint)
+        request = session.request(
+            method,
+            url,
+            headers=[*headers, auth],
+            data=body,
+            timeout=client_timeout,
+            allow_redirects=False,
+        )
         try:
-            response = await session.request(
-                method,
-                url,
-                headers=[*headers, auth],
-                data=body,
-                timeout=client_timeout,
-                allow_redirects=False,
-            )
+            if attempt_span is None:
+                response = await request
+            else:
+                with attempt_span(len(hints), hint) as span:
+                    response = await request
+                    span.set_attribute("http.response.status_code", response.status)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as err:
             raise UpstreamUnreachable(type(err).__name__) from None
         if credentials.should_fail_over(response.status, response.headers):
