@@ -41,6 +41,7 @@ from aibridge.failover import (
     send_with_failover,
 )
 from aibridge.headers import forwardable_request_header, relayable_response_header
+from aibridge.intercept._limits import truncate_utf8
 from aibridge.keypool import (
     Clock,
     Key,
@@ -285,7 +286,7 @@ class Gateway:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         if self.config.state is not None and self.keystate is None:
-            self.keystate = RedisKeyState(self.config.state)
+            self.keystate = RedisKeyState(self.config.state, namespace=self.config.state_namespace)
             for rt in self.providers.values():
                 self.keystate.attach(rt.name, rt.pool)
             await self.keystate.start()  # never raises: Redis down means local state only
@@ -420,7 +421,8 @@ class Gateway:
         if body is None:
             return  # the client went away while sending
         if isinstance(body, ErrorResponse):
-            await self._send_error_response(send, rt.error(413, body.body.decode()), None, 0)
+            too_large = rt.error(413, body.body.decode(), request_id)
+            await self._send_error_response(send, too_large, request_id, 0)
             return
 
         method: str = scope["method"]
@@ -453,7 +455,9 @@ class Gateway:
         x.client = guess_client(x.user_agent, captured[_CURSOR] is not None)
         session = captured[_CLAUDE_SESSION] or captured[_CODEX_SESSION]
         x.session_id = session.decode("latin-1") if session is not None else None
-        breaker = rt.breakers.get(rt.name, route.api, info.model) if rt.breakers else None
+        breaker = (
+            rt.breakers.get(rt.name, route.api, info.model) if rt.breakers is not None else None
+        )
         if breaker is not None:
             wait = breaker.admit()
             if wait is not None:
@@ -681,12 +685,14 @@ class Gateway:
             return
         if observer is not None and observer.error is not None:
             x.error_type = "server_error"
-            x.error_message = observer.error[:ERROR_MESSAGE_LIMIT]
+            x.error_message = truncate_utf8(observer.error, ERROR_MESSAGE_LIMIT)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def _note_upstream_error(self, x: Exchange, body: bytes) -> None:
         x.error_type = error_type_for(x.status)
-        x.error_message = body[:ERROR_MESSAGE_LIMIT].decode("utf-8", "replace")
+        # <= 1 KiB of UTF-8: a cut character (or an invalid byte) must not push it over.
+        text = body[:ERROR_MESSAGE_LIMIT].decode("utf-8", "replace")
+        x.error_message = truncate_utf8(text, ERROR_MESSAGE_LIMIT)
 
     async def _end_broken_stream(self, x: Exchange, send: Send, message: str) -> None:
         """Never end a truncated stream as if it were complete: say so in the stream."""

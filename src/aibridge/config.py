@@ -135,6 +135,8 @@ class Config(_Model):
     database: str | None = None  # sqlite:///aibridge.db when unset
     spool: str | None = None  # where records wait while the database is down
     state: str | None = None  # redis://... to share key state across replicas
+    # Prefix of every Redis key and channel: replicas share state only within one namespace.
+    state_namespace: str = Field("aibridge", pattern=r"^[A-Za-z0-9_.-]+$")
     tracing: TracingConfig = TracingConfig()
     log_requests: bool = True
 

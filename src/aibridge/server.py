@@ -1,7 +1,11 @@
 """Running the gateway under uvicorn: loopback checks, graceful shutdown."""
 
+import contextlib
 import ipaddress
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -30,6 +34,27 @@ def check_bind(config: Config, host: str, insecure_no_auth: bool) -> None:
             f"refusing to serve on {host} without gateway auth: add an auth block to the "
             "config, bind to 127.0.0.1, or pass --insecure-no-auth"
         )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT once its graceful shutdown is done, which kills
+    the process (exit -15) before ``serve`` can flush the recorder. The shutdown is
+    complete by then: forget the signal and return normally (exit 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        stopped_by_signal = False
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    stopped_by_signal = bool(captured)
+                    captured.clear()
+        if stopped_by_signal and threading.current_thread() is threading.main_thread():
+            # Already shutting down: a repeated SIGTERM must not kill the final flush.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_gateway(config: Config, config_path: Path | None = None) -> Gateway:
@@ -66,7 +91,7 @@ def serve(
     SIGHUP re-reads ``config_path``. The recorder is flushed before the process exits.
     """
     gateway = build_gateway(config, config_path)
-    server = uvicorn.Server(uvicorn_config(gateway, host, port, config.server.shutdown_timeout))
+    server = _Server(uvicorn_config(gateway, host, port, config.server.shutdown_timeout))
     try:
         server.run(sockets=[sock] if sock is not None else None)
     finally:
