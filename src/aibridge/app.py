@@ -13,7 +13,6 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from aibridge.keypool import (
     mask_key,
 )
 from aibridge.keystate import RedisKeyState
+from aibridge.logs import flush_logs, log_request
 from aibridge.metrics import Metrics, breaker_model
 from aibridge.providers import (
     PROVIDER_TYPES,
@@ -64,6 +64,7 @@ from aibridge.providers import (
 )
 from aibridge.recorder import NullRecorder, Recorder
 from aibridge.recorder.records import Interception
+from aibridge.request_id import new_request_id
 from aibridge.tracing import Tracing, setup_tracing
 
 ERROR_MESSAGE_LIMIT = 1024
@@ -221,6 +222,7 @@ class Gateway:
         self.log = structlog.get_logger("aibridge")
         self.session: aiohttp.ClientSession | None = None
         self.keystate: RedisKeyState | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self.apply_config(config)
 
     def apply_config(self, config: Config) -> None:
@@ -282,6 +284,7 @@ class Gateway:
         return listener
 
     async def startup(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_logs_periodically())
         if self.config_path is not None and threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
@@ -299,7 +302,17 @@ class Gateway:
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
 
+    @staticmethod
+    async def _flush_logs_periodically() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            flush_logs()
+
     async def shutdown(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        flush_logs()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -393,7 +406,7 @@ class Gateway:
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, rt: ProviderRuntime, route: Route
     ) -> None:
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         x = Exchange(rt, route, request_id, time.perf_counter(), time.time())
         captured: list[bytes | None] = [None] * 9
         forward: list[tuple[str, str]] = []
@@ -765,19 +778,20 @@ class Gateway:
             self._log(x, ended)
 
     def _log(self, x: Exchange, ended: float) -> None:
-        self.log.info(
-            "request",
-            request_id=x.request_id,
-            user=x.user,
-            provider=x.rt.name,
-            route=x.route.api,
-            model=x.model,
-            stream=x.stream,
-            status=x.status,
-            attempts=x.attempts,
-            keys=x.hints,
-            credential=x.credential,
-            duration_ms=round((ended - x.started) * 1000, 2),
-            upstream_ms=round(x.upstream_seconds * 1000, 2),
-            error=x.error_type,
+        log_request(
+            {
+                "request_id": x.request_id,
+                "user": x.user,
+                "provider": x.rt.name,
+                "route": x.route.api,
+                "model": x.model,
+                "stream": x.stream,
+                "status": x.status,
+                "attempts": x.attempts,
+                "keys": x.hints,
+                "credential": x.credential,
+                "duration_ms": round((ended - x.started) * 1000, 2),
+                "upstream_ms": round(x.upstream_seconds * 1000, 2),
+                "error": x.error_type,
+            }
         )

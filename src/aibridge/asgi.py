@@ -30,13 +30,18 @@ class RequestGuard:
     """Cancels the request's task when the client goes away or a deadline passes.
 
     uvicorn's ``send()`` does not raise when the client has gone, so a watcher
-    reads ``receive()`` for ``http.disconnect``. Timeouts are one timer handle per
+    reads ``receive()`` for ``http.disconnect``. The watcher task starts only once a
+    request has run for ``WATCH_DELAY``: most requests end sooner and never pay
+    for a task, and a disconnect is still noticed within that delay.
+    Timeouts are one timer handle per
     request: a fixed deadline (a blocking response, a stream's first byte), then
     an idle deadline pushed forward by ``touch()`` at each chunk — one clock read,
     no timer churn per chunk.
     """
 
-    __slots__ = ("_idle", "_last", "_loop", "_task", "_timer", "_watch", "reason")
+    WATCH_DELAY = 0.05
+
+    __slots__ = ("_idle", "_last", "_loop", "_task", "_timer", "_watch", "_watch_start", "reason")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -45,11 +50,16 @@ class RequestGuard:
         self._task = task
         self._timer: asyncio.TimerHandle | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._watch_start: asyncio.TimerHandle | None = None
         self._idle = 0.0
         self._last = 0.0
         self.reason: str | None = None  # "client_closed" | "timeout" once fired
 
     def watch_disconnect(self, receive: Receive) -> None:
+        self._watch_start = self._loop.call_later(self.WATCH_DELAY, self._start_watch, receive)
+
+    def _start_watch(self, receive: Receive) -> None:
+        self._watch_start = None
         self._watch = self._loop.create_task(self._wait_disconnect(receive))
 
     async def _wait_disconnect(self, receive: Receive) -> None:
@@ -88,6 +98,9 @@ class RequestGuard:
             self._task.cancel()
 
     def close(self) -> None:
+        if self._watch_start is not None:
+            self._watch_start.cancel()
+            self._watch_start = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

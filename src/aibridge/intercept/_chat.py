@@ -44,6 +44,7 @@ def read_body(body: dict[str, Any]) -> tuple[TokenUsage | None, list[ToolCall], 
     )
 
 
+_END_WINDOW = 16 * 1024  # bytes of the last run that on_end looks at
 _DONE_ENDINGS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n", b"[DONE]\r\r")
 
 
@@ -91,8 +92,22 @@ class ChatStreamObserver(StreamObserver):
             or b'"error"' in run[:24]  # an error event read on its own: O(1) to spot
         )
 
+    def worth(self, event: bytes) -> bool:
+        return (
+            has_usage_object(event)
+            or b"tool_calls" in event
+            or b"[DONE]" in event
+            or b'"error"' in event[:32]
+        )
+
     def on_end(self, last_run: bytes) -> None:
-        for event in split_events(last_run):
+        # Only the stream's last events can say it completed or broke: look at its tail
+        # (a run may hold the whole stream when the upstream wrote faster than we read).
+        tail = last_run[-_END_WINDOW:]
+        events = split_events(tail)
+        if len(tail) < len(last_run):
+            events = events[1:]  # the window may start mid-event
+        for event in events[-2:]:
             _, data = event_fields(event)
             data = data.strip()
             if data == b"[DONE]":

@@ -10,6 +10,7 @@ from aibridge.intercept._sse import (
     StreamObserver,
     error_text,
     event_fields,
+    event_name,
     load_object,
     single_event_name,
 )
@@ -88,6 +89,11 @@ class MessagesStreamObserver(StreamObserver):
         if name is None:
             return any(marker in run for marker in self.MARKERS)
         return _wanted(name, run)
+
+    def worth(self, event: bytes) -> bool:
+        if not event.startswith(b"event:"):
+            return True  # no event: line (a compatible server): on_event looks at the data
+        return _wanted(event_name(event), event)
 
     def on_event(self, event: bytes) -> bool:
         name, data = event_fields(event)

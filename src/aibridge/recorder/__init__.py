@@ -76,8 +76,10 @@ def open_recorder(
     The spool defaults to ``<db stem>-spool.jsonl`` next to a SQLite file, or
     ``./aibridge-spool.jsonl`` for PostgreSQL. Raises ValueError for an unknown
     URL scheme (with any password masked). The database need not be up: records
-    are spooled until it is.
+    are spooled until it is. ``none`` records nothing (an explicit opt-out).
     """
+    if database_url == "none":
+        return NullRecorder()
     db = parse_database_url(database_url)
     sink: Sink
     if db.sqlite_path is not None:
