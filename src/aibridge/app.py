@@ -8,6 +8,7 @@ once and sent unchanged on every attempt, and the record goes to a queue.
 """
 
 import asyncio
+import gc
 import itertools
 import random
 import signal
@@ -284,6 +285,10 @@ class Gateway:
         return listener
 
     async def startup(self) -> None:
+        # Everything built so far (config, pools, modules) lives as long as the process:
+        # move it out of the collector's sight so full collections stay short.
+        gc.collect()
+        gc.freeze()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_logs_periodically())
         if self.config_path is not None and threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
