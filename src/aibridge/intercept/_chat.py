@@ -92,6 +92,28 @@ class ChatStreamObserver(StreamObserver):
             or b'"error"' in run[:24]  # an error event read on its own: O(1) to spot
         )
 
+    def _observe(self, ready: bytes) -> bytes:
+        # The common run: text deltas, maybe the usage chunk and [DONE]. Find the one
+        # usage event directly instead of cutting the run into events; anything rarer
+        # (tool calls, an error, CR line endings) takes the general path.
+        if b"tool_calls" in ready or b'"error"' in ready or b"\r" in ready:
+            return super()._observe(ready)
+        if ready.endswith(_DONE_ENDINGS):
+            self.complete = True
+        at = ready.rfind(b'_tokens"')
+        if at < 0:
+            return ready
+        start = ready.rfind(b"\n\n", 0, at) + 2  # 0 when the run starts with this event
+        if start == 1:
+            start = 0
+        stop = ready.find(b"\n\n", at)
+        stop = len(ready) if stop < 0 else stop + 2
+        try:
+            keep = self.on_event(ready[start:stop])
+        except Exception:  # malformed upstream data is never our crash
+            keep = True
+        return ready if keep else ready[:start] + ready[stop:]
+
     def worth(self, event: bytes) -> bool:
         return (
             has_usage_object(event)
