@@ -245,6 +245,9 @@ def render(
             "| memory: RSS after 100k vs 10k requests | <= +10 % | not run "
             "(`make bench-soak`) | n/a |"
         )
+    findings = Path(__file__).with_name("FINDINGS.md")
+    if findings.exists():  # hand-written: what the profiler found, what was fixed, before/after
+        parts += ["", findings.read_text().rstrip()]
     parts += ["", "## Results", "", table(latest["rows"]), ""]
     if plot_ok:
         parts += ["![throughput and latency against concurrency](bench/results/plot.png)", ""]
