@@ -9,8 +9,6 @@ once and sent unchanged on every attempt, and the record goes to a queue.
 
 import asyncio
 import gc
-import itertools
-import random
 import signal
 import threading
 import time
@@ -19,7 +17,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -30,9 +27,9 @@ from aibridge import intercept
 from aibridge.admin import handle_admin
 from aibridge.asgi import RawHeaders, Receive, RequestGuard, Scope, Send, encode_headers, send_whole
 from aibridge.auth import TokenTable, bearer_token
-from aibridge.circuit import BreakerConfig, BreakerRegistry, TripListener, failure_statuses_for
+from aibridge.circuit import BreakerRegistry
 from aibridge.clients import guess_client
-from aibridge.config import Config, ConfigError, ProviderConfig, load_file
+from aibridge.config import Config, ConfigError, load_file
 from aibridge.failover import (
     ByokCredential,
     Credentials,
@@ -46,10 +43,8 @@ from aibridge.keypool import (
     Clock,
     Key,
     KeyPoolError,
-    MarkPolicy,
     Pool,
     SystemClock,
-    Walker,
     mask_key,
 )
 from aibridge.keystate import RedisKeyState
@@ -66,6 +61,7 @@ from aibridge.providers import (
 from aibridge.recorder import NullRecorder, Recorder
 from aibridge.recorder.records import Interception
 from aibridge.request_id import new_request_id
+from aibridge.runtime import ProviderRuntime
 from aibridge.tracing import Tracing, setup_tracing
 
 ERROR_MESSAGE_LIMIT = 1024
@@ -112,66 +108,6 @@ def error_type_for(status: int) -> str | None:
     if status < 400:
         return None
     return _ERROR_TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "bad_request")
-
-
-class ProviderRuntime:
-    """One configured provider, ready to serve: its pool, policy and timeouts."""
-
-    def __init__(
-        self, config: ProviderConfig, clock: Clock, on_trip: TripListener | None = None
-    ) -> None:
-        self.config = config
-        self.name = config.name
-        self.type: ModuleType = PROVIDER_TYPES[config.type]
-        self.pool = Pool(config.keys, clock)
-        # A key refused again and again cools down longer each time (60 s, 2 min, ... 1 h),
-        # so a revoked key is tried a handful of times an hour and never benched for good.
-        self.policy = MarkPolicy(
-            on_unauthorized=config.on_unauthorized,
-            on_forbidden=config.on_forbidden,
-            auth_backoff=2.0,
-        )
-        self.base_url = config.base_url
-        self.allow_byok = config.allow_byok
-        t = config.timeouts
-        self.client_timeout = aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=t.connect, sock_read=None
-        )
-        self.response_timeout = t.response
-        self.idle_timeout = t.idle
-        self._strategy = config.strategy
-        self._turn = itertools.count()
-        self._weights = config.weights
-        self._rng = random.Random()
-        self.breakers: BreakerRegistry | None = None
-        cb = config.circuit_breaker
-        if cb is not None:
-            statuses = cb.failure_statuses or failure_statuses_for(config.type)
-            self.breakers = BreakerRegistry(
-                BreakerConfig(
-                    failure_threshold=cb.failure_threshold,
-                    open_timeout=cb.open_timeout,
-                    half_open_probes=cb.half_open_probes,
-                    failure_statuses=frozenset(statuses),
-                ),
-                clock,
-                on_trip,
-            )
-
-    def walker(self) -> Walker:
-        if self._strategy == "primary":
-            return self.pool.walker()
-        if self._strategy == "round_robin":
-            return self.pool.walker(next(self._turn))
-        assert self._weights is not None
-        start = self._rng.choices(range(len(self.pool)), weights=self._weights)[0]
-        return self.pool.walker(start)
-
-    def error(self, status: int, message: str, request_id: str | None = None) -> ErrorResponse:
-        response: ErrorResponse = self.type.error_response(
-            status, None, message, request_id=request_id
-        )
-        return response
 
 
 @dataclass(slots=True)
