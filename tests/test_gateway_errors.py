@@ -15,6 +15,7 @@ from gateway_support import (
     BRIDGED_PATH,
     KEYS,
     PROVIDERS,
+    RawResponse,
     RunningGateway,
     StartGateway,
     assert_provider_error_shape,
@@ -248,6 +249,12 @@ def test_body_under_the_limit_passes(
     assert mock.count() == 1
 
 
+def assert_gateway_ids(response: RawResponse) -> None:
+    """Every answer, even one given before any upstream, names itself and its attempts."""
+    assert uuid.UUID(response.headers["x-aibridge-request-id"]).version == 7
+    assert response.headers["x-aibridge-attempts"] == "0"
+
+
 @pytest.mark.parametrize(
     ("provider", "path"),
     [("openai", "/openai/v1/chat/completions"), ("anthropic", "/anthropic/v1/messages")],
@@ -258,6 +265,7 @@ def test_wrong_method_on_a_bridged_route_is_405(
     response = raw_request(gateway.url, "GET", path, headers=client_headers(provider))
     assert response.status == 405
     assert_provider_error_shape(provider, response.json())
+    assert_gateway_ids(response)
     assert mock.count() == 0
 
 
@@ -277,6 +285,7 @@ def test_unknown_route_is_404(
     response = raw_request(gateway.url, "GET", path, headers=client_headers(provider))
     assert response.status == 404
     assert_provider_error_shape(provider, response.json())
+    assert_gateway_ids(response)
     assert mock.count() == 0
 
 
@@ -291,6 +300,7 @@ def test_websocket_upgrade_is_426(gateway: RunningGateway, mock: MockUpstream) -
     response = raw_request(gateway.url, "GET", "/openai/v1/responses", headers=headers)
     assert response.status == 426
     assert_provider_error_shape("openai", response.json())
+    assert_gateway_ids(response)
     assert mock.count() == 0
 
 

@@ -300,21 +300,20 @@ class Gateway:
             return
         name, _, rest = path[1:].partition("/")
         rt = self.providers.get(name)
-        if rt is None:
-            await self._send_error(send, None, 404, f"unknown route {path}")
-            return
         method: str = scope["method"]
-        route = rt.type.match_route(method, "/" + rest)
-        if route is RouteMiss.NOT_FOUND:
-            await self._send_error(send, rt, 404, f"unknown route {path}")
-            return
-        if route is RouteMiss.METHOD_NOT_ALLOWED:
-            if _wants_websocket(scope):
+        route = rt.type.match_route(method, "/" + rest) if rt is not None else RouteMiss.NOT_FOUND
+        if isinstance(route, RouteMiss):
+            # Answered here, before any upstream: still with the ids every answer carries.
+            if route is RouteMiss.NOT_FOUND:
+                status, message = 404, f"unknown route {path}"
+            elif _wants_websocket(scope):
                 # Codex opens GET /v1/responses as a websocket: 426 sends it to HTTP at once.
-                await self._send_error(send, rt, 426, "websocket mode is not supported; use HTTP")
-                return
-            await self._send_error(send, rt, 405, f"method {method} not allowed on {path}")
+                status, message = 426, "websocket mode is not supported; use HTTP"
+            else:
+                status, message = 405, f"method {method} not allowed on {path}"
+            await self._send_error(send, rt, status, message, new_request_id(), 0)
             return
+        assert rt is not None
         assert isinstance(route, Route)
         await self._serve(scope, receive, send, rt, route)
 

@@ -123,6 +123,8 @@ class ChatStreamObserver(StreamObserver):
         )
 
     def on_end(self, last_run: bytes) -> None:
+        if self.complete:
+            return  # [DONE] was seen: the stream ended as it should
         # Only the stream's last events can say it completed or broke: look at its tail
         # (a run may hold the whole stream when the upstream wrote faster than we read).
         tail = last_run[-_END_WINDOW:]
