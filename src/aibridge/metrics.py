@@ -7,15 +7,23 @@ without bound.
 """
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aibridge.circuit import OTHER_MODEL, BreakerRegistry, CircuitState
 from aibridge.keypool import KeyState, Pool
+from aibridge.metric_families import (
+    CounterFamily,
+    FamiliesCollector,
+    GaugeFamily,
+    HistogramFamily,
+)
 from aibridge.recorder.records import Interception
+
+F = TypeVar("F", CounterFamily, GaugeFamily, HistogramFamily)
 
 MAX_LABEL_VALUES = 500
 _STATE_VALUE = {KeyState.VALID: 0.0, KeyState.TEMPORARY: 1.0, KeyState.PERMANENT: 2.0}
@@ -23,22 +31,6 @@ _STATE_VALUE = {KeyState.VALID: 0.0, KeyState.TEMPORARY: 1.0, KeyState.PERMANENT
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 _ATTEMPT_BUCKETS = (0, 1, 2, 3, 4, 5, 8, 16)
-
-
-class _Children:
-    """A cache of labelled children of one metric, with capped cardinality."""
-
-    __slots__ = ("_cache", "_metric")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._cache: dict[tuple[str, ...], Any] = {}
-
-    def get(self, *labels: str) -> Any:
-        child = self._cache.get(labels)
-        if child is None:
-            child = self._cache[labels] = self._metric.labels(*labels)
-        return child
 
 
 class _CappedValues:
@@ -112,126 +104,110 @@ class Metrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.interceptions = _Children(
-            Counter(
+        self._families: list[Any] = []
+        self.interceptions = self._add(
+            CounterFamily(
                 "aibridge_interceptions",
                 "Bridged requests, by final status.",
                 ["provider", "model", "route", "status", "client"],
-                registry=r,
             )
         )
-        self.inflight = _Children(
-            Gauge(
+        self.inflight = self._add(
+            GaugeFamily(
                 "aibridge_interceptions_inflight",
                 "Bridged requests in flight.",
                 ["provider", "route"],
-                registry=r,
             )
         )
-        self.duration = _Children(
-            Histogram(
+        self.duration = self._add(
+            HistogramFamily(
                 "aibridge_interceptions_duration_seconds",
                 "Duration of bridged requests, to the last byte.",
                 ["provider", "model"],
-                buckets=_LATENCY_BUCKETS,
-                registry=r,
+                _LATENCY_BUCKETS,
             )
         )
-        self.passthrough = _Children(
-            Counter(
-                "aibridge_passthrough",
-                "Passthrough requests.",
-                ["provider", "route", "method"],
-                registry=r,
+        self.passthrough = self._add(
+            CounterFamily(
+                "aibridge_passthrough", "Passthrough requests.", ["provider", "route", "method"]
             )
         )
-        self.tokens = _Children(
-            Counter(
+        self.tokens = self._add(
+            CounterFamily(
                 "aibridge_tokens",
                 "Tokens used, by type (input, output, cache_read, cache_write, extras).",
                 ["provider", "model", "type", "user"],
-                registry=r,
             )
         )
-        self.prompts = _Children(
-            Counter(
-                "aibridge_prompts",
-                "User prompts seen.",
-                ["provider", "model", "user"],
-                registry=r,
+        self.prompts = self._add(
+            CounterFamily("aibridge_prompts", "User prompts seen.", ["provider", "model", "user"])
+        )
+        self.tool_calls = self._add(
+            CounterFamily(
+                "aibridge_tool_calls", "Tool calls the model made.", ["provider", "model", "name"]
             )
         )
-        self.tool_calls = _Children(
-            Counter(
-                "aibridge_tool_calls",
-                "Tool calls the model made.",
-                ["provider", "model", "name"],
-                registry=r,
-            )
-        )
-        self.transitions = _Children(
-            Counter(
+        self.transitions = self._add(
+            CounterFamily(
                 "aibridge_key_pool_state_transitions",
                 "Key state changes, by reason.",
                 ["provider", "reason"],
-                registry=r,
             )
         )
-        self.exhaustions = _Children(
-            Counter(
+        self.exhaustions = self._add(
+            CounterFamily(
                 "aibridge_key_pool_exhaustions",
                 "Requests for which no key could serve.",
                 ["provider", "kind"],
-                registry=r,
             )
         )
-        self.failover_attempts = _Children(
-            Histogram(
+        self.failover_attempts = self._add(
+            HistogramFamily(
                 "aibridge_key_pool_failover_attempts",
                 "Keys tried per request.",
                 ["provider"],
-                buckets=_ATTEMPT_BUCKETS,
-                registry=r,
+                _ATTEMPT_BUCKETS,
             )
         )
-        self.upstream_duration = _Children(
-            Histogram(
+        self.upstream_duration = self._add(
+            HistogramFamily(
                 "aibridge_upstream_duration_seconds",
                 "Time spent waiting on and reading from the upstream.",
                 ["provider", "route"],
-                buckets=_LATENCY_BUCKETS,
-                registry=r,
+                _LATENCY_BUCKETS,
             )
         )
-        self.overhead = _Children(
-            Histogram(
+        self.overhead = self._add(
+            HistogramFamily(
                 "aibridge_overhead_seconds",
                 "Time the gateway adds: total minus upstream time.",
                 ["route"],
-                buckets=_OVERHEAD_BUCKETS,
-                registry=r,
+                _OVERHEAD_BUCKETS,
             )
         )
         r.register(_KeyPoolCollector(pools))
-        self.breaker_trips = _Children(
-            Counter(
+        self.breaker_trips = self._add(
+            CounterFamily(
                 "aibridge_circuit_breaker_trips",
                 "Times a circuit breaker opened.",
                 ["provider", "endpoint", "model"],
-                registry=r,
             )
         )
-        self.breaker_rejects = _Children(
-            Counter(
+        self.breaker_rejects = self._add(
+            CounterFamily(
                 "aibridge_circuit_breaker_rejects",
                 "Requests answered 503 without an upstream call because a circuit was open.",
                 ["provider", "endpoint", "model"],
-                registry=r,
             )
         )
         r.register(_BreakerCollector(breakers))
+        r.register(FamiliesCollector(self._families))
         self.model_label = _CappedValues()
         self.tool_label = _CappedValues()
+
+    def _add(self, family: F) -> F:
+        self._families.append(family)
+        return family
 
     def on_breaker_trip(self, provider: str, endpoint: str, model: str) -> None:
         self.breaker_trips.get(provider, endpoint, breaker_model(model)).inc()

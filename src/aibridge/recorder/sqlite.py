@@ -7,10 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .records import Interception
-from .schema import CREATE_SCHEMA_TABLE, MIGRATIONS, SCHEMA_TABLE, insert_statements, rows
+from .schema import (
+    CREATE_SCHEMA_TABLE,
+    MIGRATIONS,
+    MULTI_ROW_CHUNK,
+    SCHEMA_TABLE,
+    multi_row_insert,
+    rows,
+)
 from .sink import BadRecordError
-
-_INSERTS = insert_statements("?")
 
 
 def migrate_sqlite(conn: sqlite3.Connection) -> int:
@@ -83,16 +88,16 @@ class SqliteSink:
         conn = self._conn
         if conn is None:
             raise sqlite3.OperationalError("not connected")
-        inter, usage, prompts, tools = rows(batch)
+        tables = rows(batch)
         try:
             conn.execute("BEGIN")
-            conn.executemany(_INSERTS[0], inter)
-            if usage:
-                conn.executemany(_INSERTS[1], usage)
-            if prompts:
-                conn.executemany(_INSERTS[2], prompts)
-            if tools:
-                conn.executemany(_INSERTS[3], tools)
+            for index, table_rows in enumerate(tables):
+                for start in range(0, len(table_rows), MULTI_ROW_CHUNK):
+                    chunk = table_rows[start : start + MULTI_ROW_CHUNK]
+                    conn.execute(
+                        multi_row_insert(index, len(chunk)),
+                        [value for row in chunk for value in row],
+                    )
             conn.execute("COMMIT")
         except BaseException as exc:
             try:
