@@ -37,7 +37,7 @@ from aibridge.failover import (
     UpstreamUnreachable,
     send_with_failover,
 )
-from aibridge.headers import forwardable_request_header, relayable_response_header
+from aibridge.headers import forward_name, relay_name
 from aibridge.intercept._limits import truncate_utf8
 from aibridge.keypool import (
     Clock,
@@ -354,8 +354,9 @@ class Gateway:
             slot = _CAPTURED.get(hname)
             if slot is not None:
                 captured[slot] = hvalue
-            if forwardable_request_header(hname):
-                forward.append((hname.decode("latin-1"), hvalue.decode("latin-1")))
+            forward_as = forward_name(hname)
+            if forward_as is not None:
+                forward.append((forward_as, hvalue.decode("latin-1")))
         forward.append(("accept-encoding", "identity"))
 
         # A websocket upgrade: Codex falls back to HTTP at once on 426 (a 404 costs it retries).
@@ -542,9 +543,7 @@ class Gateway:
             session = self.session
             assert session is not None
         rt = x.rt
-        guard = RequestGuard()
-        guard.watch_disconnect(receive)
-        guard.deadline(rt.response_timeout)
+        guard = RequestGuard(receive, rt.response_timeout)
         upstream_started = time.perf_counter()
         response: aiohttp.ClientResponse | None = None
         try:
@@ -597,10 +596,10 @@ class Gateway:
         headers: RawHeaders = []
         content_type = ""
         for name, value in response.headers.items():
-            lowered = name.lower()
-            if relayable_response_header(lowered):
-                headers.append((lowered.encode("latin-1"), value.encode("latin-1")))
-                if lowered == "content-type":
+            relay_as = relay_name(name)
+            if relay_as is not None:
+                headers.append((relay_as, value.encode("latin-1")))
+                if relay_as == b"content-type":
                     content_type = value
         headers.append((b"x-aibridge-request-id", x.request_id.encode()))
         headers.append((b"x-aibridge-attempts", str(x.attempts).encode()))

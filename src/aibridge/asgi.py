@@ -31,36 +31,54 @@ class RequestGuard:
 
     uvicorn's ``send()`` does not raise when the client has gone, so a watcher
     reads ``receive()`` for ``http.disconnect``. The watcher task starts only once a
-    request has run for ``WATCH_DELAY``: most requests end sooner and never pay
-    for a task, and a disconnect is still noticed within that delay.
-    Timeouts are one timer handle per
-    request: a fixed deadline (a blocking response, a stream's first byte), then
-    an idle deadline pushed forward by ``touch()`` at each chunk — one clock read,
-    no timer churn per chunk.
+    request has run for ``WATCH_DELAY`` (or once it streams): most requests end
+    sooner and never pay for a task, and a disconnect is still noticed within that
+    delay. One timer handle per request does both jobs: it first fires at
+    ``WATCH_DELAY`` to start the watcher, then at the fixed deadline (a blocking
+    response, a stream's first byte); a stream then switches to an idle deadline
+    that ``touch()`` pushes forward at each chunk — one clock read, no timer churn.
     """
 
     WATCH_DELAY = 0.05
 
-    __slots__ = ("_idle", "_last", "_loop", "_task", "_timer", "_watch", "_watch_start", "reason")
+    __slots__ = (
+        "_deadline_at",
+        "_idle",
+        "_last",
+        "_loop",
+        "_receive",
+        "_task",
+        "_timer",
+        "_watch",
+        "reason",
+    )
 
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, receive: Receive, deadline: float) -> None:
+        loop = self._loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self._timer: asyncio.TimerHandle | None = None
+        self._receive = receive
         self._watch: asyncio.Task[None] | None = None
-        self._watch_start: asyncio.TimerHandle | None = None
         self._idle = 0.0
         self._last = 0.0
         self.reason: str | None = None  # "client_closed" | "timeout" once fired
+        now = loop.time()
+        self._deadline_at = now + deadline
+        self._timer: asyncio.TimerHandle | None = loop.call_at(
+            min(now + self.WATCH_DELAY, self._deadline_at), self._on_timer
+        )
 
-    def watch_disconnect(self, receive: Receive) -> None:
-        self._watch_start = self._loop.call_later(self.WATCH_DELAY, self._start_watch, receive)
+    def _on_timer(self) -> None:
+        self._start_watch()
+        if self._loop.time() >= self._deadline_at:
+            self._fire("timeout")
+        else:
+            self._timer = self._loop.call_at(self._deadline_at, self._fire, "timeout")
 
-    def _start_watch(self, receive: Receive) -> None:
-        self._watch_start = None
-        self._watch = self._loop.create_task(self._wait_disconnect(receive))
+    def _start_watch(self) -> None:
+        if self._watch is None:
+            self._watch = self._loop.create_task(self._wait_disconnect(self._receive))
 
     async def _wait_disconnect(self, receive: Receive) -> None:
         while True:
@@ -69,13 +87,9 @@ class RequestGuard:
                 self._fire("client_closed")
                 return
 
-    def deadline(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._idle = 0.0
-        self._timer = self._loop.call_later(seconds, self._fire, "timeout")
-
     def idle(self, seconds: float) -> None:
+        """From now on, time out after ``seconds`` without a ``touch()``."""
+        self._start_watch()  # a stream outlives WATCH_DELAY: watch it from its start
         if self._timer is not None:
             self._timer.cancel()
         self._idle = seconds
@@ -98,9 +112,6 @@ class RequestGuard:
             self._task.cancel()
 
     def close(self) -> None:
-        if self._watch_start is not None:
-            self._watch_start.cancel()
-            self._watch_start = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

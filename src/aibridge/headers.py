@@ -49,3 +49,33 @@ def forwardable_request_header(name: bytes) -> bool:
 
 def relayable_response_header(lowered_name: str) -> bool:
     return lowered_name in _KEEP_RESPONSE_EXACT or lowered_name.startswith(_KEEP_RESPONSE_PREFIXES)
+
+
+# Header names repeat from request to request: remember each one's verdict (bounded,
+# since a client or an upstream may send names of its own making).
+_MAX_CACHED_NAMES = 1024
+_forward_names: dict[bytes, str | None] = {}
+_relay_names: dict[str, bytes | None] = {}
+
+
+def forward_name(name: bytes) -> str | None:
+    """A request header's name as str when it may go upstream, else None."""
+    try:
+        return _forward_names[name]
+    except KeyError:
+        result = name.decode("latin-1") if forwardable_request_header(name) else None
+        if len(_forward_names) < _MAX_CACHED_NAMES:
+            _forward_names[name] = result
+        return result
+
+
+def relay_name(name: str) -> bytes | None:
+    """A response header's lowercased name as bytes when the client gets it, else None."""
+    try:
+        return _relay_names[name]
+    except KeyError:
+        lowered = name.lower()
+        result = lowered.encode("latin-1") if relayable_response_header(lowered) else None
+        if len(_relay_names) < _MAX_CACHED_NAMES:
+            _relay_names[name] = result
+        return result
