@@ -1,5 +1,6 @@
 """Anthropic Messages: usage and tool calls from a body or an event stream."""
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,17 @@ def read_body(body: dict[str, Any]) -> tuple[TokenUsage | None, list[ToolCall], 
     )
 
 
+_TEXT_RUN_EVENTS = (b"event: message_start", b"event: message_delta", b"event: message_stop")
+
+
+def _line_start_find(data: bytes, marker: bytes) -> int:
+    """Where ``marker`` starts a line in ``data`` (not inside a data: line's text), or -1."""
+    at = data.find(marker)
+    while at > 0 and data[at - 1] != 0x0A:  # b"\n"
+        at = data.find(marker, at + 1)
+    return at
+
+
 def _wanted(name: bytes, event: bytes) -> bool:
     """Whether an event named ``name`` needs parsing: text deltas and pings never do."""
     if name == b"content_block_delta":
@@ -89,6 +101,29 @@ class MessagesStreamObserver(StreamObserver):
         if name is None:
             return any(marker in run for marker in self.MARKERS)
         return _wanted(name, run)
+
+    def _observe(self, ready: bytes) -> bytes:
+        # A text-only run: find the three events that matter (start, delta, stop) instead
+        # of cutting the whole run into events. Tool use, errors, events without an
+        # ``event:`` line or CR line endings take the general path.
+        if (
+            b"tool_use" in ready
+            or b"input_json_delta" in ready
+            or b"event: error" in ready
+            or b'"type":"error"' in ready
+            or b"\r" in ready
+            or not ready.startswith(b"event:")
+        ):
+            return super()._observe(ready)
+        for marker in _TEXT_RUN_EVENTS:
+            start = _line_start_find(ready, marker)
+            if start < 0:
+                continue
+            stop = ready.find(b"\n\n", start)
+            stop = len(ready) if stop < 0 else stop + 2
+            with contextlib.suppress(Exception):  # malformed upstream data is never our crash
+                self.on_event(ready[start:stop])
+        return ready
 
     def worth(self, event: bytes) -> bool:
         if not event.startswith(b"event:"):
