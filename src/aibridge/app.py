@@ -25,7 +25,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aibridge import intercept
 from aibridge.admin import handle_admin
-from aibridge.asgi import RawHeaders, Receive, RequestGuard, Scope, Send, encode_headers, send_whole
+from aibridge.asgi import (
+    GuardSweeper,
+    RawHeaders,
+    Receive,
+    RequestGuard,
+    Scope,
+    Send,
+    encode_headers,
+    send_whole,
+)
 from aibridge.auth import TokenTable, bearer_token
 from aibridge.circuit import BreakerRegistry
 from aibridge.clients import guess_client
@@ -160,6 +169,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.keystate: RedisKeyState | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._sweeper = GuardSweeper()
         self.apply_config(config)
 
     def apply_config(self, config: Config) -> None:
@@ -253,6 +263,7 @@ class Gateway:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        self._sweeper.stop()
         flush_logs()
         if self.session is not None:
             await self.session.close()
@@ -543,7 +554,8 @@ class Gateway:
             session = self.session
             assert session is not None
         rt = x.rt
-        guard = RequestGuard(receive, rt.response_timeout)
+        self._sweeper.ensure_running()
+        guard = RequestGuard(receive, rt.response_timeout, self._sweeper)
         upstream_started = time.perf_counter()
         response: aiohttp.ClientResponse | None = None
         try:
