@@ -107,7 +107,7 @@ class MessagesStreamObserver(StreamObserver):
         # of cutting the whole run into events. Tool use, errors, events without an
         # ``event:`` line or CR line endings take the general path.
         if (
-            b"tool_use" in ready
+            b'"tool_use"' in ready  # quoted: "server_tool_use" in usage must not match
             or b"input_json_delta" in ready
             or b"event: error" in ready
             or b'"type":"error"' in ready
