@@ -130,3 +130,27 @@ def test_usage_command_errors(tmp_path: Path) -> None:
     secret = runner.invoke(_app(), ["usage", "--database", "mysql://u:hunter2@h/db"])
     assert secret.exit_code == 1
     assert "hunter2" not in secret.output
+
+
+def test_usage_command_reads_the_configs_database_without_its_keys(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--config` takes `database:` with ${VAR} expanded; provider keys need not be set."""
+    monkeypatch.delenv("AIBRIDGE_DATABASE", raising=False)
+    monkeypatch.delenv("USAGE_TEST_KEY", raising=False)
+    monkeypatch.setenv("USAGE_TEST_DB", db)
+    config = tmp_path / "aibridge.yaml"
+    config.write_text(
+        'database: "${USAGE_TEST_DB}"\n'
+        "providers:\n"
+        '  - {name: openai, type: openai, base_url: "http://x/v1", keys: ["${USAGE_TEST_KEY}"]}\n'
+    )
+    result = CliRunner().invoke(
+        _app(), ["usage", "--since", "all", "--by", "user", "--json", "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert {r["user"] for r in orjson.loads(result.stdout)} == {"alice", "bob"}
+    monkeypatch.delenv("USAGE_TEST_DB")
+    missing = CliRunner().invoke(_app(), ["usage", "--json", "--config", str(config)])
+    assert missing.exit_code == 2
+    assert "USAGE_TEST_DB" in missing.output

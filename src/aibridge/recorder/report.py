@@ -110,12 +110,18 @@ async def _postgres_rows(url: str, by: str, cutoff: float | None) -> list[tuple[
 
 
 def _configured_database(config: Path) -> str | None:
-    # Until the config loader supplies it: a top-level ``database:`` key in the YAML.
+    """The config file's ``database:`` (``${VAR}`` expanded), without validating the rest:
+    reading usage must not need every provider key in the environment."""
     import yaml
+
+    from aibridge.config import _expand
 
     data = yaml.safe_load(config.read_text())
     value = data.get("database") if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    expanded: str = _expand(value, "database")
+    return expanded
 
 
 def resolve_database(database: str | None, config: Path | None = None) -> str:
@@ -151,7 +157,11 @@ def usage_command(
         raise typer.BadParameter(str(exc), param_hint="--since") from exc
     if by not in GROUPS:
         raise typer.BadParameter(f"use one of {', '.join(GROUPS)}", param_hint="--by")
-    url = resolve_database(database, config)
+    try:
+        url = resolve_database(database, config)
+    except (OSError, ValueError) as exc:  # unreadable file, bad YAML, a missing ${VAR}
+        typer.echo(f"error: {config}: {exc}", err=True)
+        raise typer.Exit(2) from exc
     try:
         rows = usage_report(url, since_seconds, by)
     except Exception as exc:
