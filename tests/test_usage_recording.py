@@ -562,6 +562,28 @@ def test_error_types_are_recorded(rec: RecordingGateway, mock: MockUpstream, api
         assert row.prompt == "hello there"  # the request was read before it failed
 
 
+def test_a_request_refused_as_bad_json_is_recorded(rec: RecordingGateway) -> None:
+    """Refused before any key was spent, but still the user's interception."""
+    response = raw_request(
+        rec.url,
+        "POST",
+        "/openai/v1/chat/completions",
+        body=b'{"model": "gpt-4o", "messages": [',
+        headers={
+            "authorization": f"Bearer {GATEWAY_TOKEN}",
+            "content-type": "application/json",
+            "user-agent": "claude-cli/2.0.1 (external, cli)",
+        },
+    )
+    assert response.status == 400
+    row = by_id(rec.rows(1))[response.headers[REQUEST_ID]]
+    assert (row["status"], row["error_type"], row["attempts"]) == (400, "bad_request", 0)
+    assert row["user_id"] == "alice"
+    assert row["client"] == "claude-code"
+    assert row["key_hint"] is None
+    assert row["error_message"]
+
+
 # -- prompts and tools ----------------------------------------------------------------
 
 

@@ -407,19 +407,22 @@ class Gateway:
                     self._log(x, time.perf_counter())
             return
 
-        try:
-            info = intercept.parse_request(route.api, body)
-        except intercept.BadRequest as err:
-            await self._send_error(send, rt, 400, err.message, request_id, 0)
-            return
-        x.model = info.model
-        x.stream = info.stream
-        x.prompt = info.prompt
         user_agent = captured[_USER_AGENT]
         x.user_agent = user_agent.decode("latin-1") if user_agent is not None else ""
         x.client = guess_client(x.user_agent, captured[_CURSOR] is not None)
         session = captured[_CLAUDE_SESSION] or captured[_CODEX_SESSION]
         x.session_id = session.decode("latin-1") if session is not None else None
+        try:
+            info = intercept.parse_request(route.api, body)
+        except intercept.BadRequest as err:
+            # The user's request, refused before any key was spent: still recorded.
+            x.status, x.error_type, x.error_message = 400, "bad_request", err.message
+            await self._send_error(send, rt, 400, err.message, request_id, 0)
+            self._finish(x)
+            return
+        x.model = info.model
+        x.stream = info.stream
+        x.prompt = info.prompt
         breaker = (
             rt.breakers.get(rt.name, route.api, info.model) if rt.breakers is not None else None
         )
