@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from aibridge.keypool import KeyState
+from aibridge.keypool import KeyState, mask_key
 from aibridge.mock_upstream import Behaviour, MockUpstream
 from gateway_support import (
     BRIDGED_PATH,
@@ -402,3 +402,16 @@ def test_gateway_errors_carry_request_id_and_attempts(
         uuid.UUID(response.headers["x-aibridge-request-id"])
         assert response.headers["x-aibridge-attempts"] == "0"
     assert mock.count() == 0
+
+
+@both
+def test_an_upstream_error_quoting_the_pool_key_reaches_the_client_masked(
+    gateway: RunningGateway, mock: MockUpstream, provider: str
+) -> None:
+    """Some compatible servers quote the key in their errors: the client sees only its hint."""
+    mock.set_behaviour("*", Behaviour("forbidden", message=f"key {KEYS[0]} may not use this"))
+    response = post(gateway, provider, bridged_body(provider))
+    assert response.status == 403
+    assert KEYS[0].encode() not in response.body
+    assert mask_key(KEYS[0]).encode() in response.body
+    assert int(response.headers["content-length"]) == len(response.body)

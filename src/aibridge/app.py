@@ -145,6 +145,7 @@ class Exchange:
     observer: intercept.Observer | None = None
     prompt: str | None = None
     span: Any = None  # the interception's tracing span, when tracing is on
+    secret: str | None = None  # the credential of the answering attempt: never logged
 
 
 class Gateway:
@@ -498,7 +499,7 @@ class Gateway:
                 secret = bearer_token(authorization) or authorization
             else:
                 return rt.error(401, "bring-your-own-key requests need a provider API key")
-            return user, ByokCredential(header, mask_key(secret))
+            return user, ByokCredential(header, mask_key(secret), secret)
         if self.tokens is not None:
             token = bearer_token(authorization) or api_key
             found = self.tokens.user_for(token)
@@ -588,6 +589,7 @@ class Gateway:
                 await self._fail(x, send, 502, f"upstream unreachable ({err})", "server_error")
                 return
             x.attempts = creds.attempts
+            x.secret = creds.secret()
             await self._relay(x, send, response, guard)
         except asyncio.CancelledError:
             if guard.reason is None:
@@ -627,7 +629,7 @@ class Gateway:
                 observer.feed(body)
                 observer.close()
             if status >= 400:
-                self._note_upstream_error(x, body)
+                body = self._note_upstream_error(x, body)
             await send_whole(send, status, headers, body)
             return
 
@@ -655,11 +657,19 @@ class Gateway:
             x.error_message = truncate_utf8(observer.error, ERROR_MESSAGE_LIMIT)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    def _note_upstream_error(self, x: Exchange, body: bytes) -> None:
+    def _note_upstream_error(self, x: Exchange, body: bytes) -> bytes:
+        """Record an upstream error; returns its body with the key that got it masked.
+
+        Some OpenAI-compatible servers quote the API key in their error messages: a pool
+        key must reach neither the client nor the record (a BYOK key is the client's own,
+        but it stays out of the record too)."""
+        if x.secret and x.secret.encode() in body:
+            body = body.replace(x.secret.encode(), mask_key(x.secret).encode())
         x.error_type = error_type_for(x.status)
         # <= 1 KiB of UTF-8: a cut character (or an invalid byte) must not push it over.
         text = body[:ERROR_MESSAGE_LIMIT].decode("utf-8", "replace")
         x.error_message = truncate_utf8(text, ERROR_MESSAGE_LIMIT)
+        return body
 
     async def _end_broken_stream(self, x: Exchange, send: Send, message: str) -> None:
         """Never end a truncated stream as if it were complete: say so in the stream."""

@@ -43,6 +43,10 @@ class PoolCredentials:
         header: tuple[str, str] = self._header(key.value)
         return header, key.hint
 
+    def secret(self) -> str | None:
+        """The value of the key handed out last (to mask it where an upstream echoes it)."""
+        return self.key.value if self.key is not None else None
+
     def should_fail_over(self, status: int, headers: Mapping[str, str]) -> bool:
         key = self.key
         assert key is not None
@@ -58,12 +62,16 @@ class PoolCredentials:
 class ByokCredential:
     """The client's own provider key: exactly one attempt, never marked, never failed over."""
 
-    __slots__ = ("_header", "_hint", "attempts")
+    __slots__ = ("_header", "_hint", "_secret", "attempts")
 
-    def __init__(self, header: tuple[str, str], hint: str) -> None:
+    def __init__(self, header: tuple[str, str], hint: str, secret: str) -> None:
         self._header = header
         self._hint = hint
+        self._secret = secret
         self.attempts = 0
+
+    def secret(self) -> str:
+        return self._secret
 
     def next(self) -> tuple[tuple[str, str], str]:
         if self.attempts:
