@@ -8,12 +8,8 @@ import orjson
 
 from aibridge.intercept._limits import MAX_TOOL_ARGS, MAX_TOOL_CALLS, truncate_utf8
 from aibridge.intercept._sse import (
-    StreamObserver,
+    TypedEventObserver,
     error_text,
-    event_fields,
-    event_name,
-    load_object,
-    single_event_name,
 )
 from aibridge.intercept._tool_calls import ToolCallAccumulator
 from aibridge.intercept._usage import anthropic_usage, merge_anthropic_usage
@@ -65,7 +61,7 @@ def _wanted(name: bytes, event: bytes) -> bool:
     return name in _HANDLERS
 
 
-class MessagesStreamObserver(StreamObserver):
+class MessagesStreamObserver(TypedEventObserver):
     """``event: <type>`` + ``data: {...}`` pairs, from message_start to message_stop.
 
     Usage is split over two events: ``message_start.message.usage`` (input and
@@ -95,13 +91,6 @@ class MessagesStreamObserver(StreamObserver):
     def tool_calls(self) -> list[ToolCall]:
         return self._calls.calls()
 
-    def wants(self, run: bytes) -> bool:
-        # A run is usually one event: its name decides without scanning for markers.
-        name = single_event_name(run)
-        if name is None:
-            return any(marker in run for marker in self.MARKERS)
-        return _wanted(name, run)
-
     def _observe(self, ready: bytes) -> bytes:
         # A text-only run: find the three events that matter (start, delta, stop) instead
         # of cutting the whole run into events. Tool use, errors, events without an
@@ -125,28 +114,12 @@ class MessagesStreamObserver(StreamObserver):
                 self.on_event(ready[start:stop])
         return ready
 
-    def worth(self, event: bytes) -> bool:
-        if not event.startswith(b"event:"):
-            return True  # no event: line (a compatible server): on_event looks at the data
-        return _wanted(event_name(event), event)
+    wanted = staticmethod(_wanted)
 
-    def on_event(self, event: bytes) -> bool:
-        name, data = event_fields(event)
-        if name:
-            if not _wanted(name, data):
-                return True
-            handler = _HANDLERS.get(name)
-            payload = load_object(data)
-        else:
-            # No event: line (not Anthropic itself, a compatible server): the type is in the data.
-            if not any(marker in data for marker in self.MARKERS):
-                return True
-            payload = load_object(data)
-            kind = payload.get("type") if payload is not None else None
-            handler = _HANDLERS.get(kind.encode()) if isinstance(kind, str) else None
-        if payload is not None and handler is not None:
+    def on_payload(self, name: bytes, payload: dict[str, Any]) -> None:
+        handler = _HANDLERS.get(name)
+        if handler is not None:
             handler(self, payload)
-        return True
 
     def _merge_usage(self, usage: object) -> None:
         if isinstance(usage, dict):

@@ -4,12 +4,9 @@ from typing import Any
 
 from aibridge.intercept._limits import MAX_TOOL_ARGS, MAX_TOOL_CALLS, truncate_utf8
 from aibridge.intercept._sse import (
-    StreamObserver,
+    TypedEventObserver,
     error_text,
     event_fields,
-    event_name,
-    load_object,
-    single_event_name,
 )
 from aibridge.intercept._usage import responses_usage, salvage_usage
 from aibridge.recorder.records import TokenUsage, ToolCall
@@ -58,7 +55,7 @@ def _wanted(name: bytes, event: bytes) -> bool:
     return name in _TERMINAL or name == b"error"
 
 
-class ResponsesStreamObserver(StreamObserver):
+class ResponsesStreamObserver(TypedEventObserver):
     """Typed ``event: response.*`` events, ending in response.completed/failed/incomplete.
 
     Function calls come whole in ``response.output_item.done`` (the argument
@@ -85,33 +82,9 @@ class ResponsesStreamObserver(StreamObserver):
     def tool_calls(self) -> list[ToolCall]:
         return list(self._calls.values())
 
-    def wants(self, run: bytes) -> bool:
-        # A run is usually one event: its name decides without scanning for markers.
-        name = single_event_name(run)
-        if name is None:
-            return any(marker in run for marker in self.MARKERS)
-        return _wanted(name, run)
+    wanted = staticmethod(_wanted)
 
-    def worth(self, event: bytes) -> bool:
-        if not event.startswith(b"event:"):
-            return True  # no event: line (a compatible server): on_event looks at the data
-        return _wanted(event_name(event), event)
-
-    def on_event(self, event: bytes) -> bool:
-        name, data = event_fields(event)
-        if name:
-            if not _wanted(name, data):
-                return True
-            payload = load_object(data)
-        else:
-            # No event: line (a compatible server): the type is in the data.
-            if not any(marker in data for marker in self.MARKERS):
-                return True
-            payload = load_object(data)
-            kind = payload.get("type") if payload is not None else None
-            name = kind.encode() if isinstance(kind, str) else b""
-        if payload is None:
-            return True
+    def on_payload(self, name: bytes, payload: dict[str, Any]) -> None:
         if name == b"response.output_item.done":
             item = payload.get("item")
             if isinstance(item, dict):
@@ -120,7 +93,6 @@ class ResponsesStreamObserver(StreamObserver):
             self._on_terminal(name, payload.get("response"))
         elif name == b"error":
             self.error = error_text(payload.get("error") or payload)
-        return True
 
     def _on_terminal(self, name: bytes, response: object) -> None:
         self.complete = True

@@ -260,3 +260,51 @@ class StreamObserver:
         self._big_head, self._big_tail = None, b""
         with contextlib.suppress(Exception):  # malformed upstream data is never our crash
             self.on_oversized(head, tail)
+
+
+class TypedEventObserver(StreamObserver):
+    """A stream of ``event: <type>`` + ``data: {...}`` pairs (Anthropic Messages, Responses).
+
+    Subclasses say which event types are worth parsing (``wanted``, byte checks only)
+    and handle a parsed payload (``on_payload``). Events without an ``event:`` line
+    (some compatible servers) are typed by their data's ``"type"``.
+    """
+
+    __slots__ = ()
+
+    @staticmethod
+    def wanted(name: bytes, event: bytes) -> bool:
+        """Whether an event of type ``name`` (its bytes: ``event``) needs parsing."""
+        raise NotImplementedError
+
+    def on_payload(self, name: bytes, payload: dict[str, Any]) -> None:
+        """One parsed event of a wanted type."""
+        raise NotImplementedError
+
+    def wants(self, run: bytes) -> bool:
+        # A run is usually one event: its name decides without scanning for markers.
+        name = single_event_name(run)
+        if name is None:
+            return any(marker in run for marker in self.MARKERS)
+        return self.wanted(name, run)
+
+    def worth(self, event: bytes) -> bool:
+        if not event.startswith(b"event:"):
+            return True  # no event: line (a compatible server): on_event looks at the data
+        return self.wanted(event_name(event), event)
+
+    def on_event(self, event: bytes) -> bool:
+        name, data = event_fields(event)
+        if name:
+            if not self.wanted(name, data):
+                return True
+            payload = load_object(data)
+        else:
+            if not any(marker in data for marker in self.MARKERS):
+                return True
+            payload = load_object(data)
+            kind = payload.get("type") if payload is not None else None
+            name = kind.encode() if isinstance(kind, str) else b""
+        if payload is not None:
+            self.on_payload(name, payload)
+        return True
