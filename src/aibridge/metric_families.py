@@ -83,15 +83,20 @@ class _Family(Generic[Child]):
         raise NotImplementedError
 
 
+def _scalar_collect(family: "CounterFamily | GaugeFamily", metric: Metric) -> Metric:
+    for labels, child in list(family.children.items()):
+        metric.add_metric(list(labels), child.value)  # type: ignore[attr-defined]
+    return metric
+
+
 class CounterFamily(_Family[CounterChild]):
     def _new(self) -> CounterChild:
         return CounterChild()
 
     def collect(self) -> Metric:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, child in list(self.children.items()):
-            family.add_metric(list(labels), child.value)
-        return family
+        return _scalar_collect(
+            self, CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        )
 
 
 class GaugeFamily(_Family[GaugeChild]):
@@ -99,10 +104,9 @@ class GaugeFamily(_Family[GaugeChild]):
         return GaugeChild()
 
     def collect(self) -> Metric:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, child in list(self.children.items()):
-            family.add_metric(list(labels), child.value)
-        return family
+        return _scalar_collect(
+            self, GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        )
 
 
 class HistogramFamily(_Family[HistogramChild]):
