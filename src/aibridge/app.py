@@ -374,7 +374,8 @@ class Gateway:
         # A websocket upgrade: Codex falls back to HTTP at once on 426 (a 404 costs it retries).
         upgrade = captured[_UPGRADE]
         if upgrade is not None and upgrade.lower() == b"websocket":
-            await self._send_error(send, rt, 426, "websocket mode is not supported; use HTTP")
+            message = "websocket mode is not supported; use HTTP"
+            await self._send_error(send, rt, 426, message, request_id, 0)
             return
 
         credentials = self._authenticate(rt, captured)
