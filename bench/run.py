@@ -219,20 +219,29 @@ class Pin:
     def describe(self) -> str:
         if self.target is None:
             return "no pinning"
+        if self.loadgen == self.upstream:
+            return (
+                f"mock upstream and load generator on CPU {self.upstream}; the target proxy "
+                f"alone on CPU {self.target}"
+            )
         return (
             f"mock upstream on CPU {self.upstream}; load generator and the target proxy "
             f"share CPU {self.target}"
         )
 
 
-def choose_pin(enabled: bool) -> Pin:
+def choose_pin(enabled: bool, layout: str = "shared") -> Pin:
     cpus = sorted(os.sched_getaffinity(0))
     if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
         return Pin(None, None, None)
+    first, rest = str(cpus[0]), ",".join(str(c) for c in cpus[1:])
+    if layout == "target-alone":
+        # The outside world (client and provider) on one core, the gateway on the other,
+        # as it would be deployed; "direct" then has client and mock on one core.
+        return Pin(first, rest, first)
     # The mock stands in for a remote provider: it gets a core of its own so it is
     # never what limits a run. The client and the proxy share the other core(s).
-    rest = ",".join(str(c) for c in cpus[1:])
-    return Pin(str(cpus[0]), rest, rest)
+    return Pin(first, rest, rest)
 
 
 def aibridge_config(tmp: Path, port: int, fast: int, paced: int) -> Path:
@@ -539,6 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer-token", default="sk-bench-master")
     p.add_argument("--mock-port", type=int, default=None, help="fixed port of the fast mock")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
+    p.add_argument(
+        "--pin-layout",
+        choices=("shared", "target-alone"),
+        default="shared",
+        help="shared: mock alone, client+target share a core; target-alone: client+mock "
+        "share a core, the target has the other",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON results file")
     p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument(
@@ -568,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = "python"
     elif kind == "auto":
         kind = "wrk"
-    pin = choose_pin(args.pin)
+    pin = choose_pin(args.pin, args.pin_layout)
     if args.profile is not None:
         if not (BIN / "py-spy").exists():
             print("bench: --profile needs py-spy: pip install py-spy", file=sys.stderr)
