@@ -251,7 +251,9 @@ def test_an_earlier_deadline_never_shortens_a_later_one(redis_url: str, ns: str)
                 pool_a.keys[0].mark_temporary(10.0)
                 await a.start()
                 await wait_until(lambda: not a._pending)
-                await asyncio.sleep(0.05)  # the rejected write leaves no trace to wait on
+                # The script refused A's shorter write and handed back B's later deadline:
+                # A adopting it is the write's completion, observable.
+                await wait_until(lambda: pool_a.keys[0].cooldown_remaining() > 110.0)
                 assert r.pttl(entry) > 110_000  # Redis kept the later deadline
             assert abs(pool_a.keys[0].cooldown_remaining() - 120.0) < 0.5  # and A took it
             assert abs(pool_b.keys[0].cooldown_remaining() - 120.0) < 0.5

@@ -19,8 +19,6 @@ _USER_AGENT_MARKS: tuple[tuple[str, str], ...] = (
     ("curl/", "curl"),
 )
 
-CLIENT_NAMES = frozenset({name for _, name in _USER_AGENT_MARKS} | {"unknown"})
-
 
 def guess_client(user_agent: str, has_cursor_header: bool = False) -> str:
     """A short client name: ``claude-code``, ``codex``, ``cursor``, ``zed``, ... or ``unknown``."""

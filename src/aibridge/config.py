@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aibridge.providers import PROVIDER_TYPES, anthropic, openai
+from aibridge.providers import anthropic, openai
 
 NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -231,6 +231,3 @@ def from_env(env: dict[str, str] | None = None) -> Config:
 
 def load(path: str | Path | None) -> Config:
     return load_file(path) if path is not None else from_env()
-
-
-assert set(PROVIDER_TYPES) == {"openai", "anthropic"}

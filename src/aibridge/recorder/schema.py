@@ -79,8 +79,6 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     ),
 )
 
-LATEST_VERSION = MIGRATIONS[-1][0]
-
 _TABLES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     (
         "interceptions",
