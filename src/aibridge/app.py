@@ -19,7 +19,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -46,7 +45,7 @@ from aibridge.failover import (
     UpstreamUnreachable,
     send_with_failover,
 )
-from aibridge.headers import forward_name, relay_name
+from aibridge.headers import forward_name, relayed
 from aibridge.intercept._limits import truncate_utf8
 from aibridge.keypool import (
     Clock,
@@ -72,6 +71,7 @@ from aibridge.recorder.records import Interception
 from aibridge.request_id import new_request_id
 from aibridge.runtime import ProviderRuntime
 from aibridge.tracing import Tracing, setup_tracing
+from aibridge.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
 ERROR_MESSAGE_LIMIT = 1024
 
@@ -167,7 +167,7 @@ class Gateway:
         self.providers: dict[str, ProviderRuntime] = {}
         self.metrics = Metrics(self._pools, self._breakers)
         self.log = structlog.get_logger("aibridge")
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: UpstreamClient | None = None
         self.keystate: RedisKeyState | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._sweeper = GuardSweeper()
@@ -245,14 +245,8 @@ class Gateway:
             for rt in self.providers.values():
                 self.keystate.attach(rt.name, rt.pool)
             await self.keystate.start()  # never raises: Redis down means local state only
-        if self.session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-            self.session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
+        if self.upstream is None:
+            self.upstream = UpstreamClient()
 
     @staticmethod
     async def _flush_logs_periodically() -> None:
@@ -266,9 +260,9 @@ class Gateway:
             self._flusher = None
         self._sweeper.stop()
         flush_logs()
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.upstream is not None:
+            await self.upstream.close()
+            self.upstream = None
         if self.keystate is not None:
             await self.keystate.close()
             self.keystate = None
@@ -394,16 +388,16 @@ class Gateway:
 
         method: str = scope["method"]
         query: bytes = scope.get("query_string", b"")
-        url = rt.base_url + route.upstream_path
+        target = route.upstream_path
         if query:
-            url += "?" + query.decode("latin-1")
+            target += "?" + query.decode("latin-1")
 
         x.user = user
         x.credential = "byok" if isinstance(creds, ByokCredential) else "pool"
         if route.kind is RouteKind.PASSTHROUGH:
             self.metrics.passthrough.get(rt.name, route.api, method).inc()
             try:
-                await self._exchange(x, send, receive, method, url, forward, body, creds)
+                await self._exchange(x, send, receive, method, target, forward, body, creds)
             finally:
                 if self.log_requests:
                     self._log(x, time.perf_counter())
@@ -463,7 +457,7 @@ class Gateway:
             x.observer = intercept.response_observer(
                 route.api, info.stream, strip_usage_chunk=info.injected_usage
             )
-            await self._exchange(x, send, receive, method, url, forward, info.body, creds)
+            await self._exchange(x, send, receive, method, target, forward, info.body, creds)
         finally:
             inflight.dec()
             if breaker is not None:
@@ -547,32 +541,33 @@ class Gateway:
         send: Send,
         receive: Receive,
         method: str,
-        url: str,
+        target: str,
         headers: list[tuple[str, str]],
         body: bytes,
         creds: Credentials,
     ) -> None:
         """The failover loop, then the relay; with disconnects and timeouts handled."""
-        session = self.session
-        if session is None:
+        client = self.upstream
+        if client is None:
             await self.startup()
-            session = self.session
-            assert session is not None
+            client = self.upstream
+            assert client is not None
         rt = x.rt
         self._sweeper.ensure_running()
         guard = RequestGuard(receive, rt.response_timeout, self._sweeper)
         upstream_started = time.perf_counter()
-        response: aiohttp.ClientResponse | None = None
+        response: UpstreamResponse | None = None
         try:
             try:
                 response = await send_with_failover(
-                    session,
+                    client,
+                    rt.origin,
                     method,
-                    url,
+                    target,
                     headers,
                     body or None,
                     creds,
-                    rt.client_timeout,
+                    rt.connect_timeout,
                     x.hints,
                     None if x.span is None else partial(self._attempt_span, x.span),
                 )
@@ -608,23 +603,26 @@ class Gateway:
             x.upstream_seconds = time.perf_counter() - upstream_started
 
     async def _relay(
-        self, x: Exchange, send: Send, response: aiohttp.ClientResponse, guard: RequestGuard
+        self, x: Exchange, send: Send, response: UpstreamResponse, guard: RequestGuard
     ) -> None:
         status = response.status
-        headers: RawHeaders = []
-        content_type = ""
-        for name, value in response.headers.items():
-            relay_as = relay_name(name)
-            if relay_as is not None:
-                headers.append((relay_as, value.encode("latin-1")))
-                if relay_as == b"content-type":
-                    content_type = value
+        headers: RawHeaders = [
+            (name, value) for name, value in response.raw_headers if relayed(name)
+        ]
+        content_type = response.content_type
         headers.append((b"x-aibridge-request-id", x.request_id.encode()))
         headers.append((b"x-aibridge-attempts", str(x.attempts).encode()))
-        x.status = status
         observer = x.observer
         if not content_type.startswith("text/event-stream"):
-            body = await response.read()
+            try:
+                body = await response.read()
+            except UpstreamError as err:
+                # Nothing relayed yet: the client gets a clean 502, not half an answer.
+                await self._fail(
+                    x, send, 502, f"upstream broke off its answer ({err})", "server_error"
+                )
+                return
+            x.status = status
             x.committed = True
             if observer is not None:
                 observer.feed(body)
@@ -635,17 +633,18 @@ class Gateway:
             return
 
         # A stream: committed from its first byte on; relay chunk by chunk.
+        x.status = status
         guard.idle(x.rt.idle_timeout)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         x.committed = True
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_any():
                 guard.touch()
                 out = observer.feed(chunk) if observer is not None else chunk
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as err:
-            await self._end_broken_stream(x, send, f"upstream stream broke ({type(err).__name__})")
+        except UpstreamError as err:
+            await self._end_broken_stream(x, send, f"upstream stream broke ({err})")
             return
         tail = observer.close() if observer is not None else b""
         if observer is not None and not observer.complete and status < 400:

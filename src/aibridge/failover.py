@@ -12,9 +12,8 @@ from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any
 
-import aiohttp
-
 from aibridge.keypool import Key, MarkPolicy, Walker, mark_key_on_status
+from aibridge.upstream import Origin, UpstreamClient, UpstreamError, UpstreamResponse
 
 
 class UpstreamUnreachable(Exception):
@@ -87,17 +86,18 @@ Credentials = PoolCredentials | ByokCredential
 
 
 async def send_with_failover(
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
+    origin: Origin,
     method: str,
-    url: str,
+    target: str,
     headers: list[tuple[str, str]],
     body: bytes | None,
     credentials: Credentials,
-    client_timeout: aiohttp.ClientTimeout,
+    connect_timeout: float | None,
     hints: list[str],
     attempt_span: Callable[[int, str], AbstractContextManager[Any]] | None = None,
-) -> aiohttp.ClientResponse:
-    """Send until an answer is not a key failure; return it unread.
+) -> UpstreamResponse:
+    """Send until an answer is not a key failure; return it with its body unread.
 
     Raises ``KeyPoolError`` when the pool runs dry and ``UpstreamUnreachable``
     when the upstream cannot be reached. ``hints`` collects the masked key
@@ -106,14 +106,7 @@ async def send_with_failover(
     while True:
         auth, hint = credentials.next()
         hints.append(hint)
-        request = session.request(
-            method,
-            url,
-            headers=[*headers, auth],
-            data=body,
-            timeout=client_timeout,
-            allow_redirects=False,
-        )
+        request = client.request(origin, method, target, [*headers, auth], body, connect_timeout)
         try:
             if attempt_span is None:
                 response = await request
@@ -121,13 +114,13 @@ async def send_with_failover(
                 with attempt_span(len(hints), hint) as span:
                     response = await request
                     span.set_attribute("http.response.status_code", response.status)
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as err:
-            raise UpstreamUnreachable(type(err).__name__) from None
+        except UpstreamError as err:
+            raise UpstreamUnreachable(str(err)) from None
         if credentials.should_fail_over(response.status, response.headers):
-            # Drain the (small) error body so the connection goes back to the pool.
+            # Read the (small) error body so the connection goes back to the pool.
             try:
                 await response.read()
-            except (aiohttp.ClientError, OSError):
+            except UpstreamError:
                 pass
             finally:
                 response.release()

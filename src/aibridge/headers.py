@@ -55,7 +55,7 @@ def relayable_response_header(lowered_name: str) -> bool:
 # since a client or an upstream may send names of its own making).
 _MAX_CACHED_NAMES = 1024
 _forward_names: dict[bytes, str | None] = {}
-_relay_names: dict[str, bytes | None] = {}
+_relayed: dict[bytes, bool] = {}
 
 
 def forward_name(name: bytes) -> str | None:
@@ -69,13 +69,12 @@ def forward_name(name: bytes) -> str | None:
         return result
 
 
-def relay_name(name: str) -> bytes | None:
-    """A response header's lowercased name as bytes when the client gets it, else None."""
+def relayed(lowered_name: bytes) -> bool:
+    """Whether the client gets a response header (its name already lowercased)."""
     try:
-        return _relay_names[name]
+        return _relayed[lowered_name]
     except KeyError:
-        lowered = name.lower()
-        result = lowered.encode("latin-1") if relayable_response_header(lowered) else None
-        if len(_relay_names) < _MAX_CACHED_NAMES:
-            _relay_names[name] = result
+        result = relayable_response_header(lowered_name.decode("latin-1"))
+        if len(_relayed) < _MAX_CACHED_NAMES:
+            _relayed[lowered_name] = result
         return result

@@ -5,12 +5,11 @@ import itertools
 import random
 from types import ModuleType
 
-import aiohttp
-
 from aibridge.circuit import BreakerConfig, BreakerRegistry, TripListener, failure_statuses_for
 from aibridge.config import ProviderConfig
 from aibridge.keypool import Clock, MarkPolicy, Pool, Walker
 from aibridge.providers import PROVIDER_TYPES, ErrorResponse
+from aibridge.upstream import Origin
 
 
 class ProviderRuntime:
@@ -31,11 +30,10 @@ class ProviderRuntime:
             auth_backoff=2.0,
         )
         self.base_url = config.base_url
+        self.origin = Origin(config.base_url)
         self.allow_byok = config.allow_byok
         t = config.timeouts
-        self.client_timeout = aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=t.connect, sock_read=None
-        )
+        self.connect_timeout = t.connect
         self.response_timeout = t.response
         self.idle_timeout = t.idle
         self._strategy = config.strategy
