@@ -7,7 +7,7 @@ by the caller. Failover is therefore possible until the first byte of a
 response is relayed, and never after.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any
@@ -46,13 +46,14 @@ class PoolCredentials:
         """The value of the key handed out last (to mask it where an upstream echoes it)."""
         return self.key.value if self.key is not None else None
 
-    def should_fail_over(self, status: int, headers: Mapping[str, str]) -> bool:
+    def should_fail_over(self, response: UpstreamResponse) -> bool:
         key = self.key
         assert key is not None
+        status = response.status
         if status == 429 or status == 401 or status == 403:
             if status != 403 or self._policy.on_forbidden != "ignore":
                 key.record_failure(status)
-            return mark_key_on_status(key, status, headers, self._policy)
+            return mark_key_on_status(key, status, response.headers, self._policy)
         if status < 400:
             key.record_success()
         return False
@@ -78,7 +79,7 @@ class ByokCredential:
         self.attempts = 1
         return self._header, self._hint
 
-    def should_fail_over(self, status: int, headers: Mapping[str, str]) -> bool:
+    def should_fail_over(self, response: UpstreamResponse) -> bool:
         return False
 
 
@@ -116,7 +117,7 @@ async def send_with_failover(
                     span.set_attribute("http.response.status_code", response.status)
         except UpstreamError as err:
             raise UpstreamUnreachable(str(err)) from None
-        if credentials.should_fail_over(response.status, response.headers):
+        if credentials.should_fail_over(response):
             # Read the (small) error body so the connection goes back to the pool.
             try:
                 await response.read()

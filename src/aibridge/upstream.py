@@ -32,6 +32,15 @@ HIGH_WATER = 256 * 1024
 KEEPALIVE_SECONDS = 60.0
 
 
+# Response headers the connection reads for itself as they arrive.
+_CONTENT_TYPE, _LENGTH, _TRANSFER_ENCODING = range(3)
+_NOTED = {
+    b"content-type": _CONTENT_TYPE,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+}
+
+
 class UpstreamError(Exception):
     """The upstream could not be reached, or broke before its answer was complete."""
 
@@ -79,15 +88,18 @@ class UpstreamResponse:
         "status",
     )
 
-    def __init__(self, conn: "_Connection", status: int, raw_headers: list[tuple[bytes, bytes]]):
+    def __init__(
+        self,
+        conn: "_Connection",
+        status: int,
+        raw_headers: list[tuple[bytes, bytes]],
+        content_type: str,
+    ) -> None:
         self._conn: _Connection | None = conn
         self.status = status
         self.raw_headers = raw_headers  # (lowercased name, value), in the upstream's order
         self._headers: dict[str, str] | None = None
-        self.content_type = ""
-        for name, value in raw_headers:
-            if name == b"content-type":
-                self.content_type = value.decode("latin-1")
+        self.content_type = content_type
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._done = False
@@ -195,6 +207,8 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._content_type = ""
+        self._delimited = False
         self._response: UpstreamResponse | None = None
         self._complete = False
         self._head_only = False
@@ -236,21 +250,26 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name.lower(), value))
+        name = name.lower()
+        self._raw_headers.append((name, value))
+        noted = _NOTED.get(name)
+        if noted is not None:
+            if noted == _CONTENT_TYPE:
+                self._content_type = value.decode("latin-1")
+            elif noted == _LENGTH or b"chunked" in value.lower():
+                self._delimited = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        raw_headers, content_type = self._raw_headers, self._content_type
+        self._raw_headers, self._content_type = [], ""
+        delimited, self._delimited = self._delimited, False
         if status < 200:
-            self._raw_headers = []  # 100 Continue and friends: the real answer follows
-            return
-        response = UpstreamResponse(self, status, self._raw_headers)
-        self._raw_headers = []
+            return  # 100 Continue and friends: the real answer follows
+        response = UpstreamResponse(self, status, raw_headers, content_type)
         self._response = response
-        self._reads_to_close = status not in (204, 304) and not any(
-            name == b"content-length"
-            or (name == b"transfer-encoding" and b"chunked" in value.lower())
-            for name, value in response.raw_headers
-        )
+        # Neither a length nor chunks: the body ends when the upstream closes.
+        self._reads_to_close = not delimited and status not in (204, 304)
         head, self._head = self._head, None
         if head is not None and not head.done():
             head.set_result(response)
