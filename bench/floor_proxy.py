@@ -67,17 +67,20 @@ def main() -> None:
     args = parser.parse_args()
     routes = dict(r.split("=", 1) for r in args.route)
     app = Floor(routes, args.keys.split(","))
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=args.port,
-        loop="uvloop",
+        # uvloop, accepting every queued connection per wakeup as aibridge does: without it
+        # a burst of new connections waits seconds in the accept queue (aibridge.listener).
+        loop="aibridge.listener:new_event_loop",
         http="httptools",
         ws="none",
         lifespan="on",
         log_level="warning",
         access_log=False,
     )
+    uvicorn.Server(config).run(sockets=[config.bind_socket()])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import uvicorn
 
 from aibridge.app import Gateway
 from aibridge.config import Config
+from aibridge.listener import LOOP_FACTORY
 from aibridge.logs import flush_logs
 from aibridge.recorder import open_recorder
 
@@ -68,7 +69,7 @@ def uvicorn_config(app: Gateway, host: str, port: int, shutdown_timeout: float) 
         app,
         host=host,
         port=port,
-        loop="uvloop",
+        loop=LOOP_FACTORY,  # uvloop, accepting every queued connection per wakeup
         http="httptools",
         ws="none",  # a websocket upgrade reaches the app as HTTP and gets 426
         lifespan="on",
@@ -93,9 +94,11 @@ def serve(
     SIGHUP re-reads ``config_path``. The recorder is flushed before the process exits.
     """
     gateway = build_gateway(config, config_path)
-    server = _Server(uvicorn_config(gateway, host, port, config.server.shutdown_timeout))
+    uv_config = uvicorn_config(gateway, host, port, config.server.shutdown_timeout)
+    server = _Server(uv_config)
     try:
-        server.run(sockets=[sock] if sock is not None else None)
+        # A socket bound here, not by uvicorn: the loop's batch accept serves only those.
+        server.run(sockets=[sock if sock is not None else uv_config.bind_socket()])
     finally:
         gateway.recorder.close()
         flush_logs()

@@ -17,6 +17,8 @@ from typing import Any, Literal, Self
 
 import uvicorn
 
+from aibridge.listener import LOOP_FACTORY
+
 __all__ = ["ServerThread"]
 
 
@@ -104,7 +106,7 @@ class ServerThread:
             raise
         self.port = sock.getsockname()[1]
         options: dict[str, Any] = {
-            "loop": "uvloop",
+            "loop": LOOP_FACTORY,
             "http": "httptools",
             "lifespan": self._lifespan,
             "log_level": "warning",

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from aibridge.listener import LOOP_FACTORY
+
 from ._app import MockUpstream
 from ._behaviour import parse_behaviour_spec
 
@@ -18,7 +20,7 @@ def _config(host: str, port: int, mock: MockUpstream) -> uvicorn.Config:
         mock,
         host=host,
         port=port,
-        loop="uvloop",
+        loop=LOOP_FACTORY,
         http="httptools",
         lifespan="off",
         log_level="warning",
@@ -55,5 +57,7 @@ def mock_upstream_command(
         behaviours[name] = behaviour
     mock = MockUpstream(behaviours, chunks=chunks, chunk_delay=chunk_delay)
     typer.echo(f"mock upstream on http://{host}:{port} (OpenAI base URL http://{host}:{port}/v1)")
-    # uvicorn.Server.run installs signal handlers and the uvloop loop itself.
-    uvicorn.Server(_config(host, port, mock)).run()
+    # uvicorn.Server.run installs signal handlers and the loop itself; the socket is bound
+    # here so the loop accepts every queued connection per wakeup (see aibridge.listener).
+    config = _config(host, port, mock)
+    uvicorn.Server(config).run(sockets=[config.bind_socket()])
