@@ -237,7 +237,7 @@ class _Connection(asyncio.Protocol):
         self._pool.forget(self)
         response = self._response
         if response is not None and not self._complete:
-            if self._reads_to_close:
+            if self._reads_to_close and exc is None:
                 # No length and not chunked: the body is whatever came before the close.
                 self._complete = True
                 response._finish()
@@ -260,6 +260,10 @@ class _Connection(asyncio.Protocol):
                 self._delimited = True
 
     def on_headers_complete(self) -> None:
+        if self._complete:
+            # More than one answer to one request: the stream is out of step. Raising here
+            # stops the parser; data_received then drops the connection.
+            raise UpstreamError("upstream sent an answer nobody asked for")
         status = self._parser.get_status_code()
         raw_headers, content_type = self._raw_headers, self._content_type
         self._raw_headers, self._content_type = [], ""
@@ -335,6 +339,7 @@ class _Connection(asyncio.Protocol):
     def response_done(self, complete: bool) -> None:
         if complete and self._complete and self._keep_alive and not self.lost:
             self._response = None
+            self.resume()  # an unread body may have paused it: a pooled one must read
             self._pool.put(self)
         else:
             self._close()
@@ -396,7 +401,7 @@ class UpstreamClient:
 
     def __init__(self, keepalive: float = KEEPALIVE_SECONDS) -> None:
         self._keepalive = keepalive
-        self._pools: dict[tuple[str, int, bool], _OriginPool] = {}
+        self._pools: dict[tuple[str, int, ssl.SSLContext | None], _OriginPool] = {}
 
     async def request(
         self,
@@ -412,7 +417,7 @@ class UpstreamClient:
         ``target`` is the path (and query) after the origin's base path. Raises
         ``UpstreamError``; on cancellation the connection is closed, never reused.
         """
-        key = (origin.host, origin.port, origin.ssl is not None)
+        key = (origin.host, origin.port, origin.ssl)  # one TLS context per pool
         pool = self._pools.get(key)
         if pool is None:
             pool = self._pools[key] = _OriginPool(origin, self._keepalive)
