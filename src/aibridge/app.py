@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aibridge import intercept
 from aibridge.admin import handle_admin
 from aibridge.asgi import (
+    DirectChunkWriter,
     GuardSweeper,
     RawHeaders,
     Receive,
@@ -637,12 +638,17 @@ class Gateway:
         guard.idle(x.rt.idle_timeout)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         x.committed = True
+        feed = observer.feed if observer is not None else None
+        direct = DirectChunkWriter.for_send(send, feed, guard.touch)
         try:
-            async for chunk in response.iter_any():
-                guard.touch()
-                out = observer.feed(chunk) if observer is not None else chunk
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if direct is not None:
+                await response.pipe(direct)
+            else:
+                async for chunk in response.iter_any():
+                    guard.touch()
+                    out = feed(chunk) if feed is not None else chunk
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
         except UpstreamError as err:
             await self._end_broken_stream(x, send, f"upstream stream broke ({err})")
             return

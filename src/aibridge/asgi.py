@@ -8,6 +8,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -140,3 +142,54 @@ class GuardSweeper:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+class DirectChunkWriter:
+    """Writes a stream's body chunks straight to uvicorn's transport, framed exactly as
+    uvicorn's own ``send`` frames them (chunked encoding).
+
+    A paced stream's chunks each arrive alone; through ASGI each costs a task switch, a
+    message dict and uvicorn's ``send`` coroutine (about a quarter of the gateway's CPU
+    per chunk). Used only between ``http.response.start`` and the last body message,
+    both sent through ``send`` as usual, and only on uvicorn's httptools protocol when
+    it chose chunked encoding: ``for_send`` returns None otherwise, and the caller uses
+    plain ASGI.
+    """
+
+    __slots__ = ("_cycle", "_feed", "_flow", "_touch", "_transport")
+
+    def __init__(
+        self,
+        cycle: RequestResponseCycle,
+        feed: Callable[[bytes], bytes] | None,
+        touch: Callable[[], None],
+    ) -> None:
+        self._cycle = cycle
+        self._transport = cycle.transport
+        self._flow = cycle.flow
+        self._feed = feed
+        self._touch = touch
+
+    @classmethod
+    def for_send(
+        cls, send: Send, feed: Callable[[bytes], bytes] | None, touch: Callable[[], None]
+    ) -> "DirectChunkWriter | None":
+        cycle = getattr(send, "__self__", None)
+        if (
+            type(cycle) is not RequestResponseCycle
+            or cycle.chunked_encoding is not True
+            or cycle.response_complete
+            or cycle.scope["method"] == "HEAD"
+        ):
+            return None
+        return cls(cycle, feed, touch)
+
+    def write(self, data: bytes) -> bool:
+        self._touch()
+        out = self._feed(data) if self._feed is not None else data
+        if out and not self._cycle.disconnected:
+            self._transport.write(b"%x\r\n%b\r\n" % (len(out), out))
+        return self._flow.write_paused
+
+    async def drain(self) -> None:
+        await self._flow.drain()

@@ -23,7 +23,7 @@ import functools
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -43,6 +43,16 @@ _NOTED = {
 
 class UpstreamError(Exception):
     """The upstream could not be reached, or broke before its answer was complete."""
+
+
+class BodySink(Protocol):
+    """Where ``UpstreamResponse.pipe`` hands body chunks, from the connection's callback."""
+
+    def write(self, data: bytes) -> bool:
+        """Take one chunk; True when the sink is full (reading pauses until ``drain``)."""
+        ...
+
+    async def drain(self) -> None: ...
 
 
 @functools.cache
@@ -82,6 +92,9 @@ class UpstreamResponse:
         "_done",
         "_error",
         "_headers",
+        "_must_drain",
+        "_sink",
+        "_sink_error",
         "_waiter",
         "content_type",
         "raw_headers",
@@ -105,6 +118,9 @@ class UpstreamResponse:
         self._done = False
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: BodySink | None = None
+        self._sink_error: BaseException | None = None
+        self._must_drain = False
 
     @property
     def headers(self) -> dict[str, str]:
@@ -121,6 +137,18 @@ class UpstreamResponse:
     # -- fed by the connection --------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            try:
+                full = sink.write(data)
+            except Exception as err:  # raised again in pipe(), in the relaying task
+                self._sink, self._sink_error, full = None, err, True
+            if full:
+                self._must_drain = True
+                if self._conn is not None:
+                    self._conn.pause()
+                self._wake()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER and self._conn is not None:
@@ -180,6 +208,34 @@ class UpstreamResponse:
                 break
             else:
                 await self._wait()
+        if self._error is not None:
+            raise self._error
+        self.release()
+
+    async def pipe(self, sink: BodySink) -> None:
+        """Hand the body to ``sink`` chunk by chunk, as it arrives, from the connection's
+        own callback: no task switch per chunk (a paced stream pays one per chunk
+        otherwise). Returns at the end of the body; raises ``UpstreamError`` if it breaks
+        off, or what ``sink.write`` raised."""
+        while True:
+            if self._chunks:  # arrived before pipe() or while draining
+                if sink.write(self._take()):
+                    await sink.drain()
+                continue
+            if self._done:
+                break
+            self._sink = sink
+            try:
+                await self._wait()  # woken at the end, or when the sink is full
+            finally:
+                self._sink = None
+            if self._sink_error is not None:
+                raise self._sink_error
+            if self._must_drain:
+                self._must_drain = False
+                await sink.drain()
+                if self._conn is not None:
+                    self._conn.resume()
         if self._error is not None:
             raise self._error
         self.release()
