@@ -10,6 +10,9 @@ from typing import Any
 import anthropic
 import pytest
 
+from aibridge.app import Gateway
+from aibridge.asgi import DirectChunkWriter
+from aibridge.config import from_mapping
 from aibridge.keypool import KeyState
 from aibridge.mock_upstream import MOCK_COUNT_TOKENS, Behaviour, MockUpstream
 from aibridge.server_thread import ServerThread
@@ -481,3 +484,34 @@ def test_openai_stream_without_stream_options_gets_no_usage_chunk(
     assert text == mock.text
     sent = mock.requests[-1].json()
     assert sent["stream_options"] == {"include_usage": True}
+
+
+# -- the two stream relays ------------------------------------------------------------------
+
+
+@both
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_streams_relay_the_same_over_either_uvicorn_protocol(
+    mock: MockUpstream,
+    upstream_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    http: str,
+) -> None:
+    """On uvicorn's httptools protocol chunks go straight to its transport
+    (DirectChunkWriter); on any other server (h11 here) through plain ASGI. The client
+    sees the same stream, usage included, either way."""
+    written: list[bytes] = []
+    direct_write = DirectChunkWriter.write
+
+    def counting_write(self: DirectChunkWriter, data: bytes) -> bool:
+        written.append(data)
+        return direct_write(self, data)
+
+    monkeypatch.setattr(DirectChunkWriter, "write", counting_write)
+    gw = Gateway(from_mapping(gateway_config(upstream_url)))
+    with ServerThread(gw, ws="none", lifespan="on", http=http) as server:
+        result = complete(server.url, provider, stream=True)
+    assert result.text == mock.text
+    assert result.usage == expected_usage(provider)
+    assert bool(written) == (http == "httptools")

@@ -1064,3 +1064,131 @@ def test_each_origin_connects_with_its_own_ssl_context(
                 await fetch(client, untrusting)
 
     run(scenario)
+
+
+# -- pipe: chunks handed to a sink from the connection's callback --------------------------
+
+
+class RecordingSink:
+    """A BodySink that keeps what it is given; ``full_after`` chunks it reports full and
+    ``drain`` then waits for ``drained`` to be set."""
+
+    def __init__(self, full_after: int | None = None, fail_on: int | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.full_after = full_after
+        self.fail_on = fail_on
+        self.draining = asyncio.Event()
+        self.drained = asyncio.Event()
+
+    def write(self, data: bytes) -> bool:
+        self.chunks.append(data)
+        if self.fail_on is not None and len(self.chunks) == self.fail_on:
+            raise RuntimeError("the sink broke")
+        return self.full_after is not None and len(self.chunks) == self.full_after
+
+    async def drain(self) -> None:
+        self.draining.set()
+        await self.drained.wait()
+
+
+def paced_stream_script(events: list[bytes], proceed: asyncio.Event) -> Script:
+    """A chunked SSE answer sent one event per ``proceed``, then ``ok`` answers."""
+
+    async def script(peer: Peer) -> None:
+        assert await peer.next_request() is not None
+        peer.send(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        for event in events:
+            await proceed.wait()
+            proceed.clear()
+            peer.send(chunk(event))
+        peer.send(b"0\r\n\r\n")
+        await serve_ok(peer)
+
+    return script
+
+
+def test_pipe_hands_each_chunk_to_the_sink_as_it_arrives(run: Run) -> None:
+    """Each event reaches the sink before the server sends the next; pipe returns at the
+    end of the body and the connection is reused."""
+    events = [b'data: {"n": %d}\n\n' % i for i in range(4)]
+
+    async def scenario() -> None:
+        proceed = asyncio.Event()
+        sink = RecordingSink()
+        async with (
+            ScriptedServer(paced_stream_script(events, proceed)) as server,
+            upstream_client() as client,
+        ):
+            origin = server.origin()
+            response = await get(client, origin, "/stream")
+            piping = asyncio.ensure_future(response.pipe(sink))
+            for n in range(1, len(events) + 1):
+                proceed.set()
+                await wait_until(lambda n=n: len(sink.chunks) == n)  # type: ignore[misc]
+            await piping
+            assert b"".join(sink.chunks) == b"".join(events)
+            assert await fetch(client, origin) == b"ok"
+            assert len(server.peers) == 1
+
+    run(scenario)
+
+
+def test_a_full_sink_pauses_reading_until_it_drains(run: Run) -> None:
+    """When the sink reports full, the connection stops reading (nothing more reaches the
+    sink) until drain returns; then the rest arrives, in order."""
+    events = [b"data: %d\n\n" % i for i in range(4)]
+
+    async def scenario() -> None:
+        proceed = asyncio.Event()
+        sink = RecordingSink(full_after=1)
+        async with (
+            ScriptedServer(paced_stream_script(events, proceed)) as server,
+            upstream_client() as client,
+        ):
+            response = await get(client, server.origin(), "/stream")
+            piping = asyncio.ensure_future(response.pipe(sink))
+            proceed.set()
+            await sink.draining.wait()
+            conn = response._conn
+            assert conn is not None and conn.transport is not None
+            assert not conn.transport.is_reading()
+            proceed.set()  # the server sends more; it waits in the kernel
+            await asyncio.sleep(0.05)  # an absence: nothing may reach the sink meanwhile
+            assert sink.chunks == [events[0]]
+            sink.drained.set()
+            await wait_until(lambda: len(sink.chunks) >= 2)
+            while not piping.done():  # the server takes one event per set()
+                proceed.set()
+                await asyncio.sleep(0.001)
+            await piping
+            assert b"".join(sink.chunks) == b"".join(events)
+
+    run(scenario)
+
+
+def test_what_the_sink_raises_comes_out_of_pipe_and_drops_the_connection(run: Run) -> None:
+    """An exception in the sink (raised inside the connection's callback) surfaces in the
+    task awaiting pipe, not as a parse error; the connection is not reused."""
+    events = [b"data: %d\n\n" % i for i in range(3)]
+
+    async def scenario() -> None:
+        proceed = asyncio.Event()
+        sink = RecordingSink(fail_on=2)
+        async with (
+            ScriptedServer(paced_stream_script(events, proceed)) as server,
+            upstream_client() as client,
+        ):
+            response = await get(client, server.origin(), "/stream")
+            piping = asyncio.ensure_future(response.pipe(sink))
+            proceed.set()
+            await wait_until(lambda: len(sink.chunks) == 1)
+            proceed.set()
+            with pytest.raises(RuntimeError, match="the sink broke"):
+                await piping
+            response.close()
+            assert client.stats() == {server.key: {"open": 0, "idle": 0}}
+
+    run(scenario)
