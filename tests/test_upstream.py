@@ -1192,3 +1192,30 @@ def test_what_the_sink_raises_comes_out_of_pipe_and_drops_the_connection(run: Ru
             assert client.stats() == {server.key: {"open": 0, "idle": 0}}
 
     run(scenario)
+
+
+def test_chunks_that_arrive_in_one_read_reach_the_sink_as_one_write(run: Run) -> None:
+    """Twenty HTTP chunks sent in one segment are one sink write (one syscall for the
+    gateway), not twenty: pipe hands on what each read brought, joined."""
+    events = [b"data: %d\n\n" % i for i in range(20)]
+
+    async def script(peer: Peer) -> None:
+        assert await peer.next_request() is not None
+        peer.send(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        await peer.writer.drain()
+        await peer.next_request()  # never comes: keeps the headers and the body apart
+
+    async def scenario() -> None:
+        sink = RecordingSink()
+        async with ScriptedServer(script) as server, upstream_client() as client:
+            response = await get(client, server.origin(), "/stream")
+            piping = asyncio.ensure_future(response.pipe(sink))
+            await asyncio.sleep(0)  # pipe is now waiting with its sink in place
+            server.peers[0].send(b"".join(chunk(e) for e in events) + b"0\r\n\r\n")
+            await piping
+            assert sink.chunks == [b"".join(events)]
+
+    run(scenario)

@@ -137,23 +137,29 @@ class UpstreamResponse:
     # -- fed by the connection --------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        sink = self._sink
-        if sink is not None:
-            try:
-                full = sink.write(data)
-            except Exception as err:  # raised again in pipe(), in the relaying task
-                self._sink, self._sink_error, full = None, err, True
-            if full:
-                self._must_drain = True
-                if self._conn is not None:
-                    self._conn.pause()
-                self._wake()
-            return
         self._chunks.append(data)
+        if self._sink is not None:
+            return  # handed on whole at the end of this read: see _flush_to_sink
         self._buffered += len(data)
         if self._buffered > HIGH_WATER and self._conn is not None:
             self._conn.pause()
         self._wake()
+
+    def _flush_to_sink(self) -> None:
+        """Hand what this read brought to the sink, joined: one write per read, however
+        many HTTP chunks it held."""
+        sink = self._sink
+        if sink is None or not self._chunks:
+            return
+        try:
+            full = sink.write(self._take())
+        except Exception as err:  # raised again in pipe(), in the relaying task
+            self._sink, self._sink_error, full = None, err, True
+        if full:
+            self._must_drain = True
+            if self._conn is not None:
+                self._conn.pause()
+            self._wake()
 
     def _finish(self, error: UpstreamError | None = None) -> None:
         if not self._done:
@@ -284,6 +290,10 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as err:
             self._broken(f"malformed response from upstream ({type(err).__name__})")
+            return
+        response = self._response
+        if response is not None and response._sink is not None:
+            response._flush_to_sink()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost follows
