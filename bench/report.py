@@ -9,15 +9,85 @@ PLOT = "bench/results/plot.png"
 PEERS = ("litellm",)  # bench/peers/<name>.sh writes bench/results/<name>.json
 
 
-def _find(rows: list[Row], scenario: str, target: str, c: int) -> Row | None:
+# The cells the targets are judged on: measured in several rounds (``--rounds``).
+TARGET_CELLS = frozenset(
+    {
+        ("chat_json", 16),
+        ("chat_sse", 16),
+        ("chat_sse_paced", 256),
+        ("chat_json", 1),
+        ("chat_sse", 1),
+        ("failover_json", 16),
+    }
+)
+
+_MEDIAN_KEYS = (
+    "rps",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "cpu_us_per_req",
+    "cpu_util",
+    "rss_mib",
+    "mock_cpu_us_per_req",
+    "mock_cpu_util",
+)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _rounds(rows: list[Row], scenario: str, target: str, c: int) -> dict[int, Row]:
+    return {
+        r.get("round", 0): r
+        for r in rows
+        if r["scenario"] == scenario and r["target"] == target and r["concurrency"] == c
+    }
+
+
+def collapse(rows: list[Row]) -> list[Row]:
+    """One row per cell: each figure the median over the cell's rounds."""
+    cells: dict[tuple[str, int, str], list[Row]] = {}
     for r in rows:
-        if r["scenario"] == scenario and r["target"] == target and r["concurrency"] == c:
-            return r
-    return None
+        cells.setdefault((r["scenario"], r["concurrency"], r["target"]), []).append(r)
+    out = []
+    for group in cells.values():
+        row = dict(group[0])
+        row["rounds"] = len(group)
+        row["errors"] = sum(r["errors"] for r in group)
+        for key in _MEDIAN_KEYS:
+            values = [r[key] for r in group if r.get(key) is not None]
+            row[key] = median(values) if values else None
+        out.append(row)
+    return out
+
+
+def _paired(
+    rows: list[Row], scenario: str, c: int, a: str, b: str, key: str
+) -> tuple[float, float, list[float]] | None:
+    """Medians of ``key`` for targets a and b, and a/b for each round both ran in."""
+    ra, rb = _rounds(rows, scenario, a, c), _rounds(rows, scenario, b, c)
+    both = [n for n in ra if n in rb and ra[n].get(key) and rb[n].get(key)]
+    if not both:
+        return None
+    ratios = [ra[n][key] / rb[n][key] for n in sorted(both)]
+    return median([ra[n][key] for n in both]), median([rb[n][key] for n in both]), ratios
+
+
+def _ratio_text(ratios: list[float], digits: int = 2) -> str:
+    value = f"{median(ratios):.{digits}f}x"
+    if len(ratios) == 1:
+        return value
+    each = ", ".join(f"{r:.{digits}f}" for r in ratios)
+    return f"{value} (median of {len(ratios)} rounds: {each})"
 
 
 def verdicts(rows: list[Row]) -> list[dict[str, Any]]:
-    """The issue's targets, each from figures of the same run."""
+    """The issue's targets. A ratio is taken within each round (targets measured back to
+    back, so the machine's drift cancels) and the verdict is on the median round."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, passed: bool | None, measured: str, goal: str) -> None:
@@ -25,57 +95,72 @@ def verdicts(rows: list[Row]) -> list[dict[str, Any]]:
         out.append({"target": name, "goal": goal, "measured": measured, "verdict": verdict})
 
     for scenario, label in (("chat_json", "JSON"), ("chat_sse", "SSE")):
-        gw, fl = _find(rows, scenario, "aibridge", 16), _find(rows, scenario, "floor", 16)
-        if gw and fl and gw["cpu_us_per_req"] and fl["cpu_us_per_req"]:
-            ratio = gw["cpu_us_per_req"] / fl["cpu_us_per_req"]
-            add(
-                f"{label} c=16: CPU per request vs floor",
-                ratio <= 1.5,
-                f"{gw['cpu_us_per_req']:.0f} vs {fl['cpu_us_per_req']:.0f} µs = {ratio:.2f}x",
-                "<= 1.5x",
-            )
-        else:
-            add(f"{label} c=16: CPU per request vs floor", None, "not measured", "<= 1.5x")
+        name = f"{label} c=16: CPU per request vs floor"
+        pair = _paired(rows, scenario, 16, "aibridge", "floor", "cpu_us_per_req")
+        if pair is None:
+            add(name, None, "not measured", "<= 1.5x")
+            continue
+        gw, fl, ratios = pair
+        add(
+            name,
+            median(ratios) <= 1.5,
+            f"{gw:.0f} vs {fl:.0f} µs = {_ratio_text(ratios)}",
+            "<= 1.5x",
+        )
 
-    gw, di = (
-        _find(rows, "chat_sse_paced", "aibridge", 256),
-        _find(rows, "chat_sse_paced", "direct", 256),
-    )
-    if gw and di and di["rps"] and di["p99_ms"]:
-        rps, p99 = gw["rps"] / di["rps"], gw["p99_ms"] / di["p99_ms"]
+    pair = _paired(rows, "chat_sse_paced", 256, "aibridge", "direct", "rps")
+    if pair is not None:
+        gw, di, ratios = pair
         add(
             "paced SSE c=256: throughput vs direct",
-            rps >= 0.95,
-            f"{gw['rps']:.0f} vs {di['rps']:.0f} req/s = {rps:.3f}x",
+            median(ratios) >= 0.95,
+            f"{gw:.0f} vs {di:.0f} req/s = {_ratio_text(ratios, 3)}",
             ">= 0.95x",
         )
+    pair = _paired(rows, "chat_sse_paced", 256, "aibridge", "direct", "p99_ms")
+    if pair is not None:
+        gw, di, ratios = pair
         add(
             "paced SSE c=256: p99 vs direct",
-            p99 <= 1.10,
-            f"{gw['p99_ms']:.1f} vs {di['p99_ms']:.1f} ms = {p99:.3f}x",
+            median(ratios) <= 1.10,
+            f"{gw:.1f} vs {di:.1f} ms = {_ratio_text(ratios, 3)}",
             "<= 1.10x",
         )
     for scenario, label in (("chat_json", "JSON"), ("chat_sse", "SSE")):
-        gw, di = _find(rows, scenario, "aibridge", 1), _find(rows, scenario, "direct", 1)
-        if gw and di:
-            added = gw["p50_ms"] - di["p50_ms"]
+        ra, rd = _rounds(rows, scenario, "aibridge", 1), _rounds(rows, scenario, "direct", 1)
+        added = [ra[n]["p50_ms"] - rd[n]["p50_ms"] for n in sorted(ra) if n in rd]
+        if added:
+            gw, di = (
+                median([r["p50_ms"] for r in ra.values()]),
+                median([r["p50_ms"] for r in rd.values()]),
+            )
             add(
                 f"{label} c=1: p50 added over direct",
-                added < 1.0,
-                f"{gw['p50_ms']:.2f} - {di['p50_ms']:.2f} = {added:.2f} ms",
+                median(added) < 1.0,
+                f"{gw:.2f} - {di:.2f} = {median(added):.2f} ms"
+                + (f" (median of {len(added)} rounds)" if len(added) > 1 else ""),
                 "< 1 ms",
             )
-    fo, plain = (
-        _find(rows, "failover_json", "aibridge", 16),
-        _find(rows, "chat_json", "aibridge", 16),
+    # The failover scenario runs after the plain one: compare the medians of both.
+    fo = collapse(
+        [r for r in rows if r["scenario"] == "failover_json" and r["target"] == "aibridge"]
     )
-    if fo and plain and fo["cpu_us_per_req"] and plain["cpu_us_per_req"]:
-        ratio = fo["cpu_us_per_req"] / plain["cpu_us_per_req"]
+    plain = collapse(
+        [
+            r
+            for r in rows
+            if r["scenario"] == "chat_json" and r["target"] == "aibridge" and r["concurrency"] == 16
+        ]
+    )
+    if fo and plain and fo[0]["cpu_us_per_req"] and plain[0]["cpu_us_per_req"]:
+        f, pl = fo[0], plain[0]
+        ratio = f["cpu_us_per_req"] / pl["cpu_us_per_req"]
+        per_req = median([r["upstream_429_per_req"] for r in rows if "upstream_429_per_req" in r])
         add(
             "failover once (key 0 -> 429), c=16: CPU vs a plain request",
             ratio < 2.0,
-            f"{fo['cpu_us_per_req']:.0f} vs {plain['cpu_us_per_req']:.0f} µs = {ratio:.2f}x "
-            f"({fo['upstream_429_per_req']:.2f} upstream 429s per request)",
+            f"{f['cpu_us_per_req']:.0f} vs {pl['cpu_us_per_req']:.0f} µs = {ratio:.2f}x "
+            f"({per_req:.2f} upstream 429s per request; medians)",
             "< 2x",
         )
     return out
@@ -99,15 +184,16 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| scenario | c | target | req/s | p50 ms | p99 ms | CPU µs/req | CPU % of a core "
-        "| RSS MiB | mock CPU µs/req | mock CPU % | errors |",
-        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| scenario | c | target | rounds | req/s | p50 ms | p99 ms | CPU µs/req "
+        "| CPU % of a core | RSS MiB | mock CPU µs/req | mock CPU % | errors |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for r in rows:
+    for r in collapse(rows):
         util = None if r["cpu_util"] is None else r["cpu_util"] * 100
         target = f"**{r['target']}**" if r["target"] == "aibridge" else r["target"]
         lines.append(
-            f"| {r['scenario']} | {r['concurrency']} | {target} | {_num(r['rps'])} "
+            f"| {r['scenario']} | {r['concurrency']} | {target} | {r['rounds']} "
+            f"| {_num(r['rps'])} "
             f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_num(r['cpu_us_per_req'])} "
             f"| {_num(util)} | {_num(r['rss_mib'], 1)} | {_num(r['mock_cpu_us_per_req'])} "
             f"| {r['mock_cpu_util'] * 100:.0f} | {r['errors']} |"
@@ -182,8 +268,11 @@ How it is measured (`make bench`, i.e. `python -m bench.run`; `make bench-soak` 
   one JSON log line per request written to a file).
 - **Load**: `wrk -t1` with `bench/wrk/post.lua` (POST body and headers; `done()` prints the
   latency percentiles as JSON), 1 s warm-up then a {duration:g} s measured run per cell, loopback
-  only. Without wrk the harness says how to install it and falls back to `bench/loadgen.py`
-  (aiohttp; smoke runs only).
+  only. The cells the targets are judged on run in {rounds} rounds (every target once per
+  round, back to back); the table shows each figure's median over the rounds, and each
+  target ratio is taken within a round, its verdict on the median round. Without wrk the
+  harness says how to install it and falls back to `bench/loadgen.py` (aiohttp; smoke runs
+  only).
 - **Requests**: OpenAI `POST /v1/chat/completions` (`gpt-4o-mini`, one user message; the
   SSE body asks for `stream_options.include_usage` itself, so every target relays the same
   frames) and Anthropic `POST /v1/messages`; through the proxies as `/<provider>/v1/...`.
@@ -226,6 +315,7 @@ def render(
         "",
         METHOD.format(
             duration=meta["duration_s"],
+            rounds=meta.get("rounds", 1),
             pinning=meta["pinning"],
             load_before=meta.get("load_before", "?"),
             load_after=meta.get("load_after", "?"),
@@ -287,5 +377,5 @@ def write(results: Path, markdown: Path) -> None:
         path = results / f"{name}.json"
         if path.exists():
             peers[name] = json.loads(path.read_text())
-    plot_ok = plot(latest["rows"], markdown.parent / PLOT)
+    plot_ok = plot(collapse(latest["rows"]), markdown.parent / PLOT)
     markdown.write_text(render(latest, soak, plot_ok, peers))
