@@ -586,17 +586,24 @@ CUT_HEADS = {
 }
 
 
-@pytest.mark.parametrize("framing", list(CUT_HEADS))
-def test_close_mid_body_makes_read_raise(run: Run, framing: str) -> None:
-    """The server closes 4 bytes into a body announced longer: read() raises."""
-
+def cut_after_4_bytes(framing: str) -> Script:
     async def script(peer: Peer) -> None:
         assert await peer.next_request() is not None
         peer.send(CUT_HEADS[framing])
         peer.close()
 
+    return script
+
+
+@pytest.mark.parametrize("framing", list(CUT_HEADS))
+def test_close_mid_body_makes_read_raise(run: Run, framing: str) -> None:
+    """The server closes 4 bytes into a body announced longer: read() raises."""
+
     async def scenario() -> None:
-        async with ScriptedServer(script) as server, upstream_client() as client:
+        async with (
+            ScriptedServer(cut_after_4_bytes(framing)) as server,
+            upstream_client() as client,
+        ):
             response = await get(client, server.origin())
             with pytest.raises(UpstreamError, match="mid-response"):
                 await response.read()
@@ -609,13 +616,11 @@ def test_close_mid_body_makes_read_raise(run: Run, framing: str) -> None:
 def test_close_mid_body_makes_iter_any_raise_after_what_arrived(run: Run, framing: str) -> None:
     """iter_any yields the 4 bytes that came, then raises UpstreamError."""
 
-    async def script(peer: Peer) -> None:
-        assert await peer.next_request() is not None
-        peer.send(CUT_HEADS[framing])
-        peer.close()
-
     async def scenario() -> None:
-        async with ScriptedServer(script) as server, upstream_client() as client:
+        async with (
+            ScriptedServer(cut_after_4_bytes(framing)) as server,
+            upstream_client() as client,
+        ):
             response = await get(client, server.origin())
             received: list[bytes] = []
             with pytest.raises(UpstreamError, match="mid-response"):
