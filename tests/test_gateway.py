@@ -501,17 +501,43 @@ def test_streams_relay_the_same_over_either_uvicorn_protocol(
     """On uvicorn's httptools protocol chunks go straight to its transport
     (DirectChunkWriter); on any other server (h11 here) through plain ASGI. The client
     sees the same stream, usage included, either way."""
-    written: list[bytes] = []
-    direct_write = DirectChunkWriter.write
+    chosen: list[DirectChunkWriter | None] = []
+    for_send = DirectChunkWriter.for_send
 
-    def counting_write(self: DirectChunkWriter, data: bytes) -> bool:
-        written.append(data)
-        return direct_write(self, data)
+    def recording_for_send(*args: Any) -> DirectChunkWriter | None:
+        writer = for_send(*args)
+        chosen.append(writer)
+        return writer
 
-    monkeypatch.setattr(DirectChunkWriter, "write", counting_write)
+    monkeypatch.setattr(DirectChunkWriter, "for_send", recording_for_send)
     gw = Gateway(from_mapping(gateway_config(upstream_url)))
     with ServerThread(gw, ws="none", lifespan="on", http=http) as server:
         result = complete(server.url, provider, stream=True)
     assert result.text == mock.text
     assert result.usage == expected_usage(provider)
-    assert bool(written) == (http == "httptools")
+    assert len(chosen) == 1
+    assert (chosen[0] is not None) == (http == "httptools")
+
+
+@both
+def test_a_paced_stream_goes_through_the_direct_writer_whole(
+    monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    """Chunks that arrive one by one (10 ms apart) are each written straight to the
+    client's transport; the client still gets every event, in order, with usage."""
+    written: list[bytes] = []
+    direct_write = DirectChunkWriter.write
+
+    def recording_write(self: DirectChunkWriter, data: bytes) -> bool:
+        written.append(data)
+        return direct_write(self, data)
+
+    monkeypatch.setattr(DirectChunkWriter, "write", recording_write)
+    paced = MockUpstream(chunks=5, chunk_delay=0.01)
+    with ServerThread(paced, lifespan="on") as upstream:
+        gw = Gateway(from_mapping(gateway_config(upstream.url)))
+        with ServerThread(gw, ws="none", lifespan="on") as server:
+            result = complete(server.url, provider, stream=True)
+    assert result.text == paced.text
+    assert result.usage == expected_usage(provider)
+    assert len(written) >= 5  # at least one write per paced delta

@@ -1130,11 +1130,12 @@ def test_pipe_hands_each_chunk_to_the_sink_as_it_arrives(run: Run) -> None:
             origin = server.origin()
             response = await get(client, origin, "/stream")
             piping = asyncio.ensure_future(response.pipe(sink))
-            for n in range(1, len(events) + 1):
+            for n in range(1, len(events)):
                 proceed.set()
                 await wait_until(lambda n=n: len(sink.chunks) == n)  # type: ignore[misc]
-            await piping
-            assert b"".join(sink.chunks) == b"".join(events)
+            proceed.set()  # the last event and the end may arrive in one read
+            rest = await piping
+            assert b"".join(sink.chunks) + rest == b"".join(events)
             assert await fetch(client, origin) == b"ok"
             assert len(server.peers) == 1
 
@@ -1168,8 +1169,8 @@ def test_a_full_sink_pauses_reading_until_it_drains(run: Run) -> None:
             while not piping.done():  # the server takes one event per set()
                 proceed.set()
                 await asyncio.sleep(0.001)
-            await piping
-            assert b"".join(sink.chunks) == b"".join(events)
+            rest = await piping
+            assert b"".join(sink.chunks) + rest == b"".join(events)
 
     run(scenario)
 
@@ -1219,8 +1220,41 @@ def test_chunks_that_arrive_in_one_read_reach_the_sink_as_one_write(run: Run) ->
             response = await get(client, server.origin(), "/stream")
             piping = asyncio.ensure_future(response.pipe(sink))
             await asyncio.sleep(0)  # pipe is now waiting with its sink in place
-            server.peers[0].send(b"".join(chunk(e) for e in events) + b"0\r\n\r\n")
-            await piping
+            server.peers[0].send(b"".join(chunk(e) for e in events))
+            await wait_until(lambda: bool(sink.chunks))
+            server.peers[0].send(b"0\r\n\r\n")
+            assert await piping == b""
             assert sink.chunks == [b"".join(events)]
+
+    run(scenario)
+
+
+def test_the_read_that_ends_the_body_comes_back_from_pipe(run: Run) -> None:
+    """What arrives together with the end of the body is not handed to the sink: pipe
+    returns it, so the gateway sends it with its closing message in one write."""
+    early, last = b"data: 0\n\n", b"data: [DONE]\n\n"
+
+    async def script(peer: Peer) -> None:
+        assert await peer.next_request() is not None
+        peer.send(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        await peer.writer.drain()
+        await peer.next_request()  # never comes
+
+    async def scenario() -> None:
+        sink = RecordingSink()
+        async with ScriptedServer(script) as server, upstream_client() as client:
+            origin = server.origin()
+            response = await get(client, origin, "/stream")
+            piping = asyncio.ensure_future(response.pipe(sink))
+            await asyncio.sleep(0)
+            server.peers[0].send(chunk(early))
+            await wait_until(lambda: bool(sink.chunks))
+            server.peers[0].send(chunk(last) + b"0\r\n\r\n")
+            assert await piping == last
+            assert sink.chunks == [early]
+            assert client.stats() == {server.key: {"open": 1, "idle": 1}}
 
     run(scenario)

@@ -640,9 +640,12 @@ class Gateway:
         x.committed = True
         feed = observer.feed if observer is not None else None
         direct = DirectChunkWriter.for_send(send, feed, guard.touch)
+        rest = b""  # what came with the end of the body: sent with the closing message
         try:
             if direct is not None:
-                await response.pipe(direct)
+                rest = await response.pipe(direct)
+                if rest and feed is not None:
+                    rest = feed(rest)
             else:
                 async for chunk in response.iter_any():
                     guard.touch()
@@ -652,7 +655,7 @@ class Gateway:
         except UpstreamError as err:
             await self._end_broken_stream(x, send, f"upstream stream broke ({err})")
             return
-        tail = observer.close() if observer is not None else b""
+        tail = rest + observer.close() if observer is not None else rest
         if observer is not None and not observer.complete and status < 400:
             if tail:
                 await send({"type": "http.response.body", "body": tail, "more_body": True})

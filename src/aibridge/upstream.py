@@ -149,8 +149,8 @@ class UpstreamResponse:
         """Hand what this read brought to the sink, joined: one write per read, however
         many HTTP chunks it held."""
         sink = self._sink
-        if sink is None or not self._chunks:
-            return
+        if sink is None or not self._chunks or self._done:
+            return  # the read that ended the body: pipe() returns it to go with the end
         try:
             full = sink.write(self._take())
         except Exception as err:  # raised again in pipe(), in the relaying task
@@ -218,18 +218,18 @@ class UpstreamResponse:
             raise self._error
         self.release()
 
-    async def pipe(self, sink: BodySink) -> None:
-        """Hand the body to ``sink`` chunk by chunk, as it arrives, from the connection's
-        own callback: no task switch per chunk (a paced stream pays one per chunk
-        otherwise). Returns at the end of the body; raises ``UpstreamError`` if it breaks
-        off, or what ``sink.write`` raised."""
-        while True:
+    async def pipe(self, sink: BodySink) -> bytes:
+        """Hand the body to ``sink`` as it arrives, one ``write`` per upstream read, from
+        the connection's own callback: no task switch per chunk (a paced stream pays one
+        per chunk otherwise). Returns what came with the end of the body, not handed to
+        the sink, so the caller can send it with its closing message (one client write
+        instead of two). Raises ``UpstreamError`` if the body breaks off, or what
+        ``sink.write`` raised."""
+        while not self._done:
             if self._chunks:  # arrived before pipe() or while draining
                 if sink.write(self._take()):
                     await sink.drain()
                 continue
-            if self._done:
-                break
             self._sink = sink
             try:
                 await self._wait()  # woken at the end, or when the sink is full
@@ -244,7 +244,9 @@ class UpstreamResponse:
                     self._conn.resume()
         if self._error is not None:
             raise self._error
+        rest = self._take() if self._chunks else b""
         self.release()
+        return rest
 
     def release(self) -> None:
         """Done with this response: the connection is reused if the body was complete."""
