@@ -8,6 +8,7 @@ loop's exception handler (no "Task exception was never retrieved", no transport 
 """
 
 import asyncio
+import gc
 import logging
 import random
 import socket
@@ -1258,3 +1259,31 @@ def test_the_read_that_ends_the_body_comes_back_from_pipe(run: Run) -> None:
             assert client.stats() == {server.key: {"open": 1, "idle": 1}}
 
     run(scenario)
+
+
+def test_a_closed_connection_leaves_no_cycle_for_the_collector(run: Run) -> None:
+    """A connection the server cut mid-body (a response abandoned half-read, as when a
+    client hangs up) is freed by reference counting: nothing of ours waits for the
+    cyclic collector, whose full passes stall every stream in flight."""
+
+    async def scenario() -> None:
+        async with (
+            ScriptedServer(cut_after_4_bytes("chunked")) as server,
+            upstream_client() as client,
+        ):
+            response = await get(client, server.origin())
+            with pytest.raises(UpstreamError):
+                await response.read()
+            response.close()
+            del response
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run(scenario)
+        gc.collect()
+        ours = [o for o in gc.garbage if type(o).__module__ == "aibridge.upstream"]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert ours == []

@@ -201,7 +201,7 @@ class UpstreamResponse:
                 break
             await self._wait()
         if self._error is not None:
-            raise self._error
+            raise self._failure()
         self.release()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -215,7 +215,7 @@ class UpstreamResponse:
             else:
                 await self._wait()
         if self._error is not None:
-            raise self._error
+            raise self._failure()
         self.release()
 
     async def pipe(self, sink: BodySink) -> bytes:
@@ -236,17 +236,24 @@ class UpstreamResponse:
             finally:
                 self._sink = None
             if self._sink_error is not None:
-                raise self._sink_error
+                error, self._sink_error = self._sink_error, None
+                raise error
             if self._must_drain:
                 self._must_drain = False
                 await sink.drain()
                 if self._conn is not None:
                     self._conn.resume()
         if self._error is not None:
-            raise self._error
+            raise self._failure()
         rest = self._take() if self._chunks else b""
         self.release()
         return rest
+
+    def _failure(self) -> UpstreamError:
+        # A fresh exception per raise: raising the stored one would tie its traceback
+        # (and through it this response) into a cycle only the collector can free.
+        assert self._error is not None
+        return UpstreamError(*self._error.args)
 
     def release(self) -> None:
         """Done with this response: the connection is reused if the body was complete."""
@@ -264,7 +271,9 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: "_OriginPool") -> None:
         self._pool = pool
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser calls back into this connection: a cycle, broken in connection_lost so
+        # that a closed connection is freed at once instead of by the cyclic collector.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.idle_since = 0.0
@@ -285,11 +294,14 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            return  # lost already
         if self._head is None and self._response is None:
             self._broken("upstream sent data on an idle connection")
             return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as err:
             self._broken(f"malformed response from upstream ({type(err).__name__})")
             return
@@ -314,6 +326,11 @@ class _Connection(asyncio.Protocol):
         head = self._head
         if head is not None and not head.done():
             head.set_exception(UpstreamError("upstream closed the connection before answering"))
+        # Break the cycles (parser <-> connection <-> response, transport <-> protocol).
+        self._parser = None
+        self._response = None
+        self._head = None
+        self.transport = None
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -332,6 +349,7 @@ class _Connection(asyncio.Protocol):
             # More than one answer to one request: the stream is out of step. Raising here
             # stops the parser; data_received then drops the connection.
             raise UpstreamError("upstream sent an answer nobody asked for")
+        assert self._parser is not None  # callbacks come from feed_data only
         status = self._parser.get_status_code()
         raw_headers, content_type = self._raw_headers, self._content_type
         self._raw_headers, self._content_type = [], ""
@@ -362,6 +380,7 @@ class _Connection(asyncio.Protocol):
             return  # the end of a 1xx
         self._complete = True
         # Asked here: once this callback returns the parser has reset and forgotten it.
+        assert self._parser is not None
         self._keep_alive = self._parser.should_keep_alive()
         response._finish()
 
