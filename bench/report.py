@@ -267,7 +267,8 @@ How it is measured (`make bench`, i.e. `python -m bench.run`; `make bench-soak` 
   2-key pools with round-robin, usage recorded to SQLite in a temp dir, Prometheus metrics,
   one JSON log line per request written to a file).
 - **Load**: `wrk -t1` with `bench/wrk/post.lua` (POST body and headers; `done()` prints the
-  latency percentiles as JSON), 1 s warm-up then a {duration:g} s measured run per cell, loopback
+  latency percentiles as JSON), 1 s warm-up, {settle:g} s for the target to finish the
+  requests the warm-up abandoned, then a {duration:g} s measured run per cell, loopback
   only. The cells the targets are judged on run in {rounds} rounds (every target once per
   round, back to back); the table shows each figure's median over the rounds, and each
   target ratio is taken within a round, its verdict on the median round. Without wrk the
@@ -316,6 +317,7 @@ def render(
         METHOD.format(
             duration=meta["duration_s"],
             rounds=meta.get("rounds", 1),
+            settle=meta.get("settle_s", 0),
             pinning=meta["pinning"],
             load_before=meta.get("load_before", "?"),
             load_after=meta.get("load_after", "?"),

@@ -327,11 +327,16 @@ def measure(
     duration: float,
     warmup: float,
     profile_dir: Path | None = None,
+    settle: float = 0.5,
 ) -> dict[str, Any]:
     url, headers = target.request(s, mocks)
     body = s.body()
     if warmup > 0:
         gen.run(url, headers, body, c, warmup)
+        # wrk ends the warm-up by closing its connections with requests in flight: let the
+        # target finish with those (a paced stream lasts ~0.3 s) before the measured run
+        # opens its own, so the measurement starts in the steady state for every target.
+        time.sleep(settle)
     proc = target.measured(s, mocks)
     mock = mocks[s.upstream]
     stats0 = mock_stats(mock)
@@ -422,6 +427,7 @@ def machine(gen: LoadGen, pin: Pin, args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "warmup_s": args.warmup,
+        "settle_s": args.settle,
         "load_before": _loadavg(),
     }
 
@@ -481,7 +487,17 @@ def run_suite(args: argparse.Namespace, gen: LoadGen, pin: Pin, tmp: Path) -> di
                         if time.monotonic() > deadline:
                             print(f"bench: --max-seconds {args.max_seconds} reached; stopping")
                             return {"rows": rows, "truncated": True}
-                        row = measure(gen, t, s, c, mocks, args.duration, args.warmup, args.profile)
+                        row = measure(
+                            gen,
+                            t,
+                            s,
+                            c,
+                            mocks,
+                            args.duration,
+                            args.warmup,
+                            args.profile,
+                            args.settle,
+                        )
                         row["round"] = n
                         rows.append(row)
                         print(fmt_row(row), flush=True)
@@ -533,6 +549,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.5,
+        help="seconds between the warm-up and the measured run (the warm-up's abandoned "
+        "requests finish first)",
+    )
     p.add_argument(
         "--rounds",
         type=int,
