@@ -24,7 +24,7 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/aibridge demo
 
-# Figures for BENCHMARKS.md (needs wrk: apt-get install wrk; ~5 min); bench-soak: RSS 10k vs 100k.
+# Figures for BENCHMARKS.md (needs wrk: apt-get install wrk; ~7 min); bench-soak: RSS 10k vs 100k.
 bench: $(STAMP)
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.run
