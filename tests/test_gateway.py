@@ -26,12 +26,14 @@ from gateway_support import (
     Wrapped,
     anthropic_client,
     assert_provider_error_shape,
+    client_headers,
     complete,
     expected_usage,
     gateway,
     gateway_config,
     mock,
     openai_client,
+    raw_request,
     sdk_module,
     start_gateway,
     upstream_server,
@@ -541,3 +543,22 @@ def test_a_paced_stream_goes_through_the_direct_writer_whole(
     assert result.text == paced.text
     assert result.usage == expected_usage(provider)
     assert len(written) >= 5  # at least one write per paced delta
+
+
+@pytest.mark.parametrize(
+    ("sent", "forwarded"),
+    [
+        ("/openai/v1/models/ft%3Aa%2Fb%20c", "/v1/models/ft%3Aa%2Fb%20c"),
+        ("/openai/v1/models/plain-id", "/v1/models/plain-id"),
+        # An escaped provider segment cannot be cut from the raw path: escaped again.
+        ("/open%61i/v1/models/x%20y", "/v1/models/x%20y"),
+    ],
+)
+def test_passthrough_forwards_the_path_as_the_client_encoded_it(
+    gateway: RunningGateway, mock: MockUpstream, sent: str, forwarded: str
+) -> None:
+    """A model id with an escaped slash or space reaches the upstream escaped, not split
+    into segments or broken into the request line."""
+    response = raw_request(gateway.url, "GET", sent, headers=client_headers("openai"))
+    assert response.status < 500
+    assert mock.requests[-1].raw_path == forwarded

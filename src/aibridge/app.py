@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -112,6 +113,31 @@ def _wants_websocket(scope: Scope) -> bool:
     return any(
         name == b"upgrade" and value.lower() == b"websocket" for name, value in scope["headers"]
     )
+
+
+def upstream_target(scope: Scope, route: Route) -> str:
+    """The path to send upstream as the client encoded it, query included.
+
+    Routes match the decoded path, but the decoded path must not be forwarded: ``%2F``
+    in a model id would become a separator and ``%20`` a space in the request line.
+    The route strips whole leading segments (``/<provider>`` and maybe ``/v1``), so the
+    same segments are cut from the raw path; if a client escaped one of those, the
+    decoded path is escaped again instead.
+    """
+    path: str = scope["path"]
+    target = route.upstream_path
+    raw: bytes | None = scope.get("raw_path")
+    prefix = path[: len(path) - len(target)]
+    if raw is not None and b"%" in raw and path.endswith(target):  # else raw == path
+        raw_path = raw.decode("latin-1")
+        segments = prefix.count("/")
+        raw_prefix = "/".join(raw_path.split("/", segments + 1)[: segments + 1])
+        if unquote(raw_prefix) == prefix:
+            target = raw_path[len(raw_prefix) :]
+        else:
+            target = quote(target, safe="/:@!$&'()*+,;=-._~")
+    query: bytes = scope.get("query_string", b"")
+    return target + "?" + query.decode("latin-1") if query else target
 
 
 def error_type_for(status: int) -> str | None:
@@ -388,10 +414,7 @@ class Gateway:
             return
 
         method: str = scope["method"]
-        query: bytes = scope.get("query_string", b"")
-        target = route.upstream_path
-        if query:
-            target += "?" + query.decode("latin-1")
+        target = upstream_target(scope, route)
 
         x.user = user
         x.credential = "byok" if isinstance(creds, ByokCredential) else "pool"

@@ -176,6 +176,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: bytes
     key: str | None
+    raw_path: str = ""  # the path as sent, percent-escapes and all
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -429,7 +430,10 @@ class MockUpstream:
         key = self._key(headers, provider)
         query = scope.get("query_string", b"").decode("latin-1")
         with self._lock:
-            self._recorded.append(RecordedRequest(method, path, query, headers, body, key))
+            raw_path = scope.get("raw_path", b"").decode("latin-1")
+            self._recorded.append(
+                RecordedRequest(method, path, query, headers, body, key, raw_path)
+            )
             self._counts[key, path] += 1
             self._inflight += 1
         try:
