@@ -2,6 +2,7 @@
 
 import http.client
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -415,3 +416,50 @@ def test_an_upstream_error_quoting_the_pool_key_reaches_the_client_masked(
     assert KEYS[0].encode() not in response.body
     assert mask_key(KEYS[0]).encode() in response.body
     assert int(response.headers["content-length"]) == len(response.body)
+
+
+@pytest.fixture
+def truncating_upstream() -> Iterator[str]:
+    """An upstream that announces a 100-byte JSON body, sends 10 bytes, and hangs up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b'content-length: 100\r\n\r\n{"id": "ch'
+                )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+@both
+def test_a_blocking_answer_cut_short_is_a_clean_502(
+    start_gateway: StartGateway, truncating_upstream: str, provider: str
+) -> None:
+    """Nothing was relayed yet: the client gets a 502 in its provider's shape, never a
+    500 or half a JSON body."""
+    gw = start_gateway(gateway_config(truncating_upstream))
+    sdk = sdk_module(provider)
+    with pytest.raises(sdk.InternalServerError) as exc_info:
+        complete(gw.url, provider, stream=False)
+    err = exc_info.value
+    assert err.status_code == 502
+    inner = assert_provider_error_shape(provider, err.response.json())
+    assert "broke off" in inner["message"]
