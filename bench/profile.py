@@ -1,7 +1,7 @@
 """Hot spots from py-spy's raw (collapsed) output: ``python -m bench.profile FILE [-n 25]``.
 
 ``python -m bench.run --profile DIR`` records one file per floor/aibridge run with
-``py-spy record --nonblocking -f raw`` (``pip install py-spy``); this prints, per
+``py-spy record --nonblocking -f raw`` (``pip install -e '.[bench]'``); this prints, per
 function, the share of samples where it is on the stack (inclusive) and on top (self).
 """
 

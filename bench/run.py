@@ -622,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     pin = choose_pin(args.pin, args.pin_layout)
     if args.profile is not None:
         if not (BIN / "py-spy").exists():
-            print("bench: --profile needs py-spy: pip install py-spy", file=sys.stderr)
+            print("bench: --profile needs py-spy: pip install -e '.[bench]'", file=sys.stderr)
             return 2
         args.profile.mkdir(parents=True, exist_ok=True)
         args.render = False  # profiled figures are not the ones to publish

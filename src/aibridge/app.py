@@ -622,8 +622,8 @@ class Gateway:
         finally:
             guard.close()
             if response is not None:
-                # Closing (not releasing) drops a half-read upstream at once.
-                response.close()
+                # A half-read answer drops its connection; a complete one pools it.
+                response.release()
             x.upstream_seconds = time.perf_counter() - upstream_started
 
     async def _relay(

@@ -29,7 +29,6 @@ class ProviderRuntime:
             on_forbidden=config.on_forbidden,
             auth_backoff=2.0,
         )
-        self.base_url = config.base_url
         self.origin = Origin(config.base_url)
         self.allow_byok = config.allow_byok
         t = config.timeouts

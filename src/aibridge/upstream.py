@@ -256,14 +256,11 @@ class UpstreamResponse:
         return UpstreamError(*self._error.args)
 
     def release(self) -> None:
-        """Done with this response: the connection is reused if the body was complete."""
+        """Done with this response: the connection is reused if the body was complete,
+        closed otherwise (a half-read answer never goes back to the pool)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.response_done(self._done and self._error is None)
-
-    def close(self) -> None:
-        """Drop the connection unless the answer was complete (then it is reused)."""
-        self.release()
 
 
 class _Connection(asyncio.Protocol):

@@ -7,7 +7,7 @@ or down (replayed, idempotently, when it is back). See ``writer.py``.
 """
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 from .dburl import DEFAULT_DATABASE_URL, mask_url, parse_database_url
 from .postgres import PostgresSink
@@ -61,15 +61,21 @@ class NullRecorder:
         return {}
 
 
+class BatchOptions(TypedDict, total=False):
+    """``BatchRecorder``'s tuning, passed through (its defaults are the only ones)."""
+
+    batch_size: int
+    flush_interval: float
+    queue_size: int
+    retry_initial: float
+    retry_max: float
+
+
 def open_recorder(
     database_url: str | None,
     *,
     spool_path: str | Path | None = None,
-    batch_size: int = 256,
-    flush_interval: float = 0.2,
-    queue_size: int = 10_000,
-    retry_initial: float = 0.5,
-    retry_max: float = 10.0,
+    **options: Unpack[BatchOptions],
 ) -> Recorder:
     """Start a recorder for ``database_url`` (default ``sqlite:///aibridge.db``).
 
@@ -89,11 +95,5 @@ def open_recorder(
         sink = PostgresSink(db.url)
         default_spool = Path(DEFAULT_PG_SPOOL)
     return BatchRecorder(
-        sink,
-        Spool(spool_path if spool_path is not None else default_spool),
-        batch_size=batch_size,
-        flush_interval=flush_interval,
-        queue_size=queue_size,
-        retry_initial=retry_initial,
-        retry_max=retry_max,
+        sink, Spool(spool_path if spool_path is not None else default_spool), **options
     )
