@@ -374,3 +374,21 @@ def test_record_cost_on_event_loop(tmp_path: Path) -> None:
         f"(writer thread running); close() drained the rest in {drain:.2f}s"
     )
     assert count(db) == len(records)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:s3cret@h:5433/db", "postgresql://u:***@h:5433/db"),
+        # A password with an unescaped '#' or '/' hides from urlsplit: still masked.
+        ("postgresql://u:ab#s3cret@h/db", "postgresql://u:***@h/db"),
+        ("redis://:ab/s3cret@host:6379", "redis://***@host:6379"),
+        # libpq and asyncpg also take the password as a query parameter.
+        ("postgresql://u@h/db?password=s3cret&x=1", "postgresql://u:***@h/db?password=***&x=1"),
+        ("postgresql://u@h/db?sslpassword=s3cret", "postgresql://u:***@h/db?sslpassword=***"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ],
+)
+def test_mask_url_hides_every_spelling_of_a_password(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    assert "s3cret" not in mask_url(url)

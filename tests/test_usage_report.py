@@ -154,3 +154,14 @@ def test_usage_command_reads_the_configs_database_without_its_keys(
     missing = CliRunner().invoke(_app(), ["usage", "--json", "--config", str(config)])
     assert missing.exit_code == 2
     assert "USAGE_TEST_DB" in missing.output
+
+
+def test_usage_command_never_quotes_a_broken_config_line(tmp_path: Path) -> None:
+    """A YAML error in --config names the line, not its text: the line may hold a key."""
+    config = tmp_path / "aibridge.yaml"
+    config.write_text("providers:\n  - {keys: [sk-live-SECRET-0123]]}\n")
+    result = CliRunner().invoke(_app(), ["usage", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "invalid YAML at line" in result.output
+    assert "SECRET" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

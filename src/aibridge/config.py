@@ -188,18 +188,23 @@ def from_mapping(raw: Any) -> Config:
         raise ConfigError(_describe(err)) from None
 
 
-def load_file(path: str | Path) -> Config:
+def read_yaml(path: str | Path) -> Any:
+    """The file's YAML, unvalidated. Errors name the line, never quote it: the line may
+    hold a key."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"config: cannot read {path}: {err.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"config: invalid YAML{where}") from None
-    return from_mapping(raw)
+
+
+def load_file(path: str | Path) -> Config:
+    return from_mapping(read_yaml(path))
 
 
 def from_env(env: dict[str, str] | None = None) -> Config:

@@ -57,6 +57,7 @@ from aibridge.keystate._wire import (
     merge_mark,
     snapshot,
 )
+from aibridge.masked_url import mask_url
 
 logger = logging.getLogger("aibridge.keystate")
 
@@ -116,7 +117,7 @@ class RedisKeyState:
             # a config mistake: say so at startup rather than retry it forever
             raise ValueError("state URL must start with redis://, rediss:// or unix://")
         self._url = url
-        self._where = _describe(url)
+        self._where = mask_url(url)
         self._ns = namespace
         self._channel = f"{namespace}:keys"
         self.replica_id = replica_id or uuid.uuid4().hex[:16]
@@ -444,11 +445,3 @@ class RedisKeyState:
 
     def _entry(self, provider: str, fp: str) -> str:
         return f"{self._ns}:key:{provider}:{fp}"
-
-
-def _describe(url: str) -> str:
-    """host:port/db for logs: a Redis URL may carry a password."""
-    parts = urlsplit(url)
-    host = parts.hostname or parts.path or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"

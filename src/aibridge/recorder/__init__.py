@@ -9,7 +9,9 @@ or down (replayed, idempotently, when it is back). See ``writer.py``.
 from pathlib import Path
 from typing import Protocol, TypedDict, Unpack
 
-from .dburl import DEFAULT_DATABASE_URL, mask_url, parse_database_url
+from aibridge.masked_url import mask_url
+
+from .dburl import DEFAULT_DATABASE_URL, parse_database_url
 from .postgres import PostgresSink
 from .records import Interception, TokenUsage, ToolCall
 from .sink import Sink

@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+
+from aibridge.masked_url import mask_url
 
 DEFAULT_DATABASE_URL = "sqlite:///aibridge.db"
 
@@ -11,25 +12,8 @@ DEFAULT_DATABASE_URL = "sqlite:///aibridge.db"
 @dataclass(frozen=True, slots=True)
 class DatabaseURL:
     backend: Literal["sqlite", "postgresql"]
-    url: str  # as given; may hold a password, so never log it: use ``masked``
-    masked: str
+    url: str  # as given; may hold a password, so never log it: use ``mask_url``
     sqlite_path: Path | None = None  # set for sqlite only
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:  # unparsable (e.g. a bad port): hide everything after the scheme
-        scheme = url.split(":", 1)[0] if ":" in url else ""
-        return f"{scheme}://***"
 
 
 def parse_database_url(url: str | None) -> DatabaseURL:
@@ -49,9 +33,9 @@ def parse_database_url(url: str | None) -> DatabaseURL:
                 f"invalid SQLite URL {masked!r}: a file path is required "
                 "(an in-memory database would lose every record)"
             )
-        return DatabaseURL("sqlite", url, masked, Path(path))
+        return DatabaseURL("sqlite", url, Path(path))
     if scheme in ("postgresql", "postgres"):
-        return DatabaseURL("postgresql", url, masked)
+        return DatabaseURL("postgresql", url)
     raise ValueError(
         f"unsupported database URL {masked!r}: expected sqlite:///path.db "
         "or postgresql://user@host/dbname"

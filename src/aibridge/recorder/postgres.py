@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from .dburl import mask_url
+from aibridge.masked_url import mask_url
+
 from .records import Interception
 from .schema import (
     CREATE_SCHEMA_TABLE,
@@ -97,7 +98,11 @@ class PostgresSink:
 
     def open(self) -> None:
         self._drop_connection()
-        self._conn = self._run(self._open())
+        try:
+            self._conn = self._run(self._open())
+        except ValueError:
+            # asyncpg's own parse errors quote pieces of the URL, password included.
+            raise ValueError(f"invalid PostgreSQL URL {self._masked}") from None
 
     async def _open(self) -> Any:
         conn = await asyncpg.connect(

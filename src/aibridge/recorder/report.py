@@ -112,11 +112,9 @@ async def _postgres_rows(url: str, by: str, cutoff: float | None) -> list[tuple[
 def _configured_database(config: Path) -> str | None:
     """The config file's ``database:`` (``${VAR}`` expanded), without validating the rest:
     reading usage must not need every provider key in the environment."""
-    import yaml
+    from aibridge.config import _expand, read_yaml
 
-    from aibridge.config import _expand
-
-    data = yaml.safe_load(config.read_text())
+    data = read_yaml(config)
     value = data.get("database") if isinstance(data, dict) else None
     if not isinstance(value, str):
         return None
