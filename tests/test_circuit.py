@@ -438,6 +438,10 @@ def test_registry_caps_distinct_models() -> None:
     assert len(registry) == 6
     spill[0].record(503)
     assert trips == [("openai", "chat", OTHER_MODEL)]
+    # The label the gateway puts on rejects: the breaker's own bounded model, never the
+    # client's (which would grow a metric child per invented model name).
+    assert {b.model for b in spill} == {OTHER_MODEL}
+    assert [b.model for b in named] == ["model-0", "model-1", "model-2"]
 
 
 def test_registry_sends_huge_model_names_to_other() -> None:

@@ -59,7 +59,7 @@ from aibridge.keypool import (
 )
 from aibridge.keystate import RedisKeyState
 from aibridge.logs import flush_logs, log_request
-from aibridge.metrics import Metrics, breaker_model
+from aibridge.metrics import Metrics
 from aibridge.providers import (
     PROVIDER_TYPES,
     ErrorResponse,
@@ -449,9 +449,7 @@ class Gateway:
         if breaker is not None:
             wait = breaker.admit()
             if wait is not None:
-                self.metrics.breaker_rejects.get(
-                    rt.name, route.api, breaker_model(info.model)
-                ).inc()
+                self.metrics.breaker_rejects.get(rt.name, route.api, breaker.model).inc()
                 error = rt.type.error_response(
                     503,
                     None,

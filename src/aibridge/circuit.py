@@ -96,6 +96,7 @@ class CircuitBreaker:
         "_probes",
         "_state",
         "config",
+        "model",
         "rejects",
         "trips",
     )
@@ -105,7 +106,9 @@ class CircuitBreaker:
         config: BreakerConfig | None = None,
         clock: Clock | None = None,
         on_trip: Callable[[], None] | None = None,
+        model: str = "",
     ) -> None:
+        self.model = model  # the (bounded) model this breaker stands for: a metric label
         self.config = config if config is not None else BreakerConfig()
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._on_trip = on_trip
@@ -264,7 +267,7 @@ class BreakerRegistry:
             def on_trip() -> None:
                 listener(provider, endpoint, model)
 
-        return CircuitBreaker(self.config_for(provider), self.clock, on_trip)
+        return CircuitBreaker(self.config_for(provider), self.clock, on_trip, model)
 
     def __len__(self) -> int:
         return len(self._breakers) + len(self._other)

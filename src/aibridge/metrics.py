@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from aibridge.circuit import OTHER_MODEL, BreakerRegistry, CircuitState
+from aibridge.circuit import BreakerRegistry, CircuitState
 from aibridge.keypool import KeyState, Pool
 from aibridge.metric_families import (
     CounterFamily,
@@ -70,11 +70,6 @@ class _KeyPoolCollector(Collector):
 
 
 _CIRCUIT_VALUE = {CircuitState.CLOSED: 0.0, CircuitState.OPEN: 1.0, CircuitState.HALF_OPEN: 2.0}
-
-
-def breaker_model(model: str) -> str:
-    """Model label for breaker metrics (the registry caps models; so does this)."""
-    return model if len(model) <= 256 else OTHER_MODEL
 
 
 class _BreakerCollector(Collector):
@@ -210,7 +205,7 @@ class Metrics:
         return family
 
     def on_breaker_trip(self, provider: str, endpoint: str, model: str) -> None:
-        self.breaker_trips.get(provider, endpoint, breaker_model(model)).inc()
+        self.breaker_trips.get(provider, endpoint, model).inc()  # already bounded
 
     def observe_interception(self, rec: Interception, upstream_seconds: float) -> None:
         p, m = rec.provider, self.model_label(rec.model)
