@@ -392,3 +392,20 @@ def test_record_cost_on_event_loop(tmp_path: Path) -> None:
 def test_mask_url_hides_every_spelling_of_a_password(url: str, masked: str) -> None:
     assert mask_url(url) == masked
     assert "s3cret" not in mask_url(url)
+
+
+def test_close_spools_the_batch_a_stuck_database_is_holding(tmp_path: Path) -> None:
+    """close() gives the writer its budget, then spools what is still queued AND the
+    batch stuck in the database write: at exit nothing is only in memory. (The write may
+    still land later; records are idempotent, so the replay stores each once.)"""
+    spool = tmp_path / "spool.jsonl"
+    sink = GatedSink(SqliteSink(tmp_path / "usage.db"))
+    rec = BatchRecorder(sink, Spool(spool), batch_size=10, **FAST)
+    records = [make_interception(n) for n in range(35)]
+    for r in records:
+        rec.record(r)
+    wait_until(lambda: rec.stats()["queued"] <= 25, what="the writer took a batch")
+    rec.close(timeout=0.3)
+    assert set(spooled_ids(spool)) == {r.id for r in records}
+    sink.gate.set()  # let the stuck thread finish before tmp_path goes
+    rec._thread.join(5)

@@ -88,11 +88,11 @@ class Spool:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             _write_all(self._fd, data)
             self._pending = True
-            if sync:
-                os.fsync(self._fd)
-                self._dirty = False
-            else:
-                self._dirty = True
+            self._dirty = True
+        if sync:
+            # Outside the lock: the event loop appends here when the queue is full, and
+            # must not wait for the writer thread's fsync.
+            self.sync()
 
     def sync(self) -> None:
         """fsync what was appended since the last sync (batched durability)."""

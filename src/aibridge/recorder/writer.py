@@ -69,6 +69,9 @@ class BatchRecorder:
         self._retry_max = retry_max
 
         self._queue: deque[Interception] = deque()
+        # The batch the writer is sending: spooled by close() if the write outlasts it
+        # (writes are idempotent, so a batch both written and replayed is stored once).
+        self._in_flight: list[Interception] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closed = False
@@ -135,6 +138,9 @@ class BatchRecorder:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("recorder: writer did not finish in %.1fs; spooling the rest", timeout)
+            in_flight = self._in_flight
+            if in_flight:
+                self._spill(in_flight, sync=True)
         self._spill_queue()
 
     def _spill(self, records: Sequence[Interception], *, sync: bool) -> None:
@@ -206,6 +212,11 @@ class BatchRecorder:
             self._connect()
         if self._up and self._spool.has_pending() and time.monotonic() < self._deadline:
             self._replay()
+        if stopping and time.monotonic() >= self._deadline:
+            # Out of close()'s budget: a slow database gets no more batches; the rest goes
+            # to the spool before close() gives up on this thread.
+            self._spill_queue()
+            return False
         if self._drain_batch():
             return True
         self._spool.sync()
@@ -260,7 +271,11 @@ class BatchRecorder:
         if not batch:
             return 0
         if self._up:
-            self._write(batch, from_spool=False)
+            self._in_flight = batch
+            try:
+                self._write(batch, from_spool=False)
+            finally:
+                self._in_flight = []
         else:
             self._spill(batch, sync=False)
         return len(batch)
