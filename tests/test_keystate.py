@@ -510,6 +510,9 @@ def test_healthy_traffic_sends_nothing_to_redis(redis_url: str, ns: str) -> None
     run(scenario)
 
 
+PING = b"*1\r\n$4\r\nPING\r\n"
+
+
 def test_a_silent_redis_is_noticed_and_never_blocks(redis_url: str, ns: str) -> None:
     async def scenario() -> None:
         proxy = TcpProxy(*redis_target(redis_url))
@@ -519,7 +522,9 @@ def test_a_silent_redis_is_noticed_and_never_blocks(redis_url: str, ns: str) -> 
         await a.start()
         await b.start()
         try:
-            await asyncio.sleep(0.25)  # a few idle PINGs answered: still connected
+            # Two idle health PINGs go through and are answered: still connected.
+            before = proxy.bytes_up
+            await wait_until(lambda: proxy.bytes_up >= before + 2 * len(PING), 3.0)
             assert a.connected
             proxy.frozen = True  # Redis stops answering; no FIN, no RST
             pool_a.keys[0].mark_temporary(30.0)

@@ -131,8 +131,12 @@ def test_password_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture)
 
 
 def test_null_recorder() -> None:
-    r = NullRecorder()
+    """`database: none` records nothing and starts no writer."""
+    r = open_recorder("none")
+    assert isinstance(r, NullRecorder)
     r.record(make_interception(1))
+    assert r.stats() == {}
+    assert not [t for t in threading.enumerate() if t.name == "aibridge-recorder"]
     r.close()
 
 

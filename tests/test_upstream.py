@@ -1219,7 +1219,7 @@ def test_chunks_that_arrive_in_one_read_reach_the_sink_as_one_write(run: Run) ->
         async with ScriptedServer(script) as server, upstream_client() as client:
             response = await get(client, server.origin(), "/stream")
             piping = asyncio.ensure_future(response.pipe(sink))
-            await asyncio.sleep(0)  # pipe is now waiting with its sink in place
+            await wait_until(lambda: response._sink is not None)  # pipe waits
             server.peers[0].send(b"".join(chunk(e) for e in events))
             await wait_until(lambda: bool(sink.chunks))
             server.peers[0].send(b"0\r\n\r\n")
@@ -1249,7 +1249,7 @@ def test_the_read_that_ends_the_body_comes_back_from_pipe(run: Run) -> None:
             origin = server.origin()
             response = await get(client, origin, "/stream")
             piping = asyncio.ensure_future(response.pipe(sink))
-            await asyncio.sleep(0)
+            await wait_until(lambda: response._sink is not None)  # pipe waits
             server.peers[0].send(chunk(early))
             await wait_until(lambda: bool(sink.chunks))
             server.peers[0].send(chunk(last) + b"0\r\n\r\n")
