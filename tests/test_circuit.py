@@ -502,3 +502,29 @@ def test_registry_defaults() -> None:
     b = registry.get("p", "e", "m")
     assert b.config == BreakerConfig()
     assert b.admit() is None
+
+
+def test_a_request_from_before_the_trip_holds_no_probe_slot_and_decides_nothing() -> None:
+    """A stream admitted while CLOSED can end after the breaker turned half-open: its
+    release must not free a probe slot it never held, and its status must neither
+    close nor reopen the breaker."""
+    clock = ManualClock()
+    breaker = CircuitBreaker(
+        BreakerConfig(failure_threshold=1, open_timeout=10.0, half_open_probes=1), clock
+    )
+    assert breaker.admit() is None
+    old = breaker.generation  # the long stream, admitted while CLOSED
+    assert breaker.admit() is None
+    breaker.record(503, breaker.generation)  # another request trips it
+    assert breaker.state() is OPEN
+    clock.advance(10.0)
+    assert breaker.admit() is None  # the one probe
+    assert breaker.admit() is not None  # busy
+    breaker.release(old)
+    assert breaker.probes_in_flight == 1
+    assert breaker.admit() is not None  # still busy: the old stream freed nothing
+    breaker.record(200, old)
+    assert breaker.state() is HALF_OPEN
+    breaker.record(503, old)
+    assert breaker.state() is HALF_OPEN
+    assert breaker.trips == 1

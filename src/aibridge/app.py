@@ -446,8 +446,10 @@ class Gateway:
         breaker = (
             rt.breakers.get(rt.name, route.api, info.model) if rt.breakers is not None else None
         )
+        generation = 0
         if breaker is not None:
             wait = breaker.admit()
+            generation = breaker.generation  # results from before a later trip are ignored
             if wait is not None:
                 self.metrics.breaker_rejects.get(rt.name, route.api, breaker.model).inc()
                 error = rt.type.error_response(
@@ -484,9 +486,9 @@ class Gateway:
             inflight.dec()
             if breaker is not None:
                 if x.error_type == "client_closed" or not x.status:
-                    breaker.release()
+                    breaker.release(generation)
                 else:
-                    breaker.record(x.status)
+                    breaker.record(x.status, generation)
             self._finish(x)
 
     def _authenticate(

@@ -21,8 +21,11 @@ Rules:
   exactly one of :meth:`CircuitBreaker.record` (an upstream status arrived) or
   :meth:`CircuitBreaker.release` (the request ended without one, e.g. the client
   went away) for every admitted request.
-* Results of requests admitted before a trip (they arrive while OPEN) are
-  ignored: they say nothing about the upstream after the trip.
+* Results of requests admitted before a trip are ignored, even when they arrive
+  after the breaker turned half-open (a stream can outlive ``open_timeout``): they
+  say nothing about the upstream after the trip, and they hold no probe slot. The
+  caller reads :attr:`CircuitBreaker.generation` right after ``admit()`` and passes
+  it to ``record``/``release``; each trip starts a new generation.
 * In CLOSED, the common case, ``admit()`` and a success ``record()`` take no lock
   and allocate nothing. Every transition happens under the breaker's lock.
 
@@ -96,6 +99,7 @@ class CircuitBreaker:
         "_probes",
         "_state",
         "config",
+        "generation",
         "model",
         "rejects",
         "trips",
@@ -118,6 +122,7 @@ class CircuitBreaker:
         self._failures = 0  # consecutive failing statuses while CLOSED
         self._open_until = 0.0
         self._probes = 0  # probes in flight while HALF_OPEN
+        self.generation = 0  # trips so far: tells results from before a trip apart
         self.trips = 0
         self.rejects = 0
 
@@ -162,8 +167,11 @@ class CircuitBreaker:
                 return self.config.busy_retry_after
             return None  # closed by a concurrent success since the unlocked read
 
-    def record(self, status: int) -> None:
-        """The upstream answered an admitted request with ``status``."""
+    def record(self, status: int, generation: int | None = None) -> None:
+        """The upstream answered an admitted request with ``status``; ``generation``
+        is what :attr:`generation` was at its ``admit()`` (None: trust it is current)."""
+        if generation is not None and generation != self.generation:
+            return  # admitted before a trip: ignore it
         if status not in self._failing:
             if self._state is _CLOSED and self._failures == 0:
                 return  # nothing to change: the common case, lock-free
@@ -187,10 +195,12 @@ class CircuitBreaker:
         if self._on_trip is not None:
             self._on_trip()
 
-    def release(self) -> None:
+    def release(self, generation: int | None = None) -> None:
         """An admitted request ended without an upstream status (client gone, timeout)."""
         if self._state is not _HALF_OPEN:
             return
+        if generation is not None and generation != self.generation:
+            return  # admitted before the trip: it holds no probe slot
         with self._lock:
             if self._state is _HALF_OPEN and self._probes > 0:
                 self._probes -= 1
@@ -202,6 +212,7 @@ class CircuitBreaker:
         self._failures = 0
         self._probes = 0
         self.trips += 1
+        self.generation += 1
 
 
 TripListener = Callable[[str, str, str], None]
