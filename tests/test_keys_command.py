@@ -126,3 +126,11 @@ def test_the_table_renders(cooling: RunningGateway) -> None:
     assert sum("anthropic" in line for line in lines) == 2
     for secret in KEYS[:2]:
         assert secret not in out
+
+
+def test_a_refresh_interval_below_a_tenth_of_a_second_is_refused() -> None:
+    """--interval 0 would poll the admin API in a busy loop; a negative one crashed."""
+    for bad in ("0", "-1"):
+        refused = keys_cli("--watch", "--interval", bad, "--url", "http://127.0.0.1:9")
+        assert refused.returncode == 2
+        assert "interval" in refused.stderr.lower()

@@ -75,7 +75,7 @@ def keys_command(
         str | None, typer.Option(help="Admin token (default: $AIBRIDGE_ADMIN_TOKEN).")
     ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)] = 2.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show every key's state, reason and cooldown countdown."""

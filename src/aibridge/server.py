@@ -3,7 +3,6 @@
 import contextlib
 import ipaddress
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,7 +86,6 @@ def serve(
     host: str,
     port: int,
     config_path: Path | None = None,
-    sock: socket.socket | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; in-flight requests get ``shutdown_timeout`` to finish.
 
@@ -98,7 +96,7 @@ def serve(
     server = _Server(uv_config)
     try:
         # A socket bound here, not by uvicorn: the loop's batch accept serves only those.
-        server.run(sockets=[sock if sock is not None else uv_config.bind_socket()])
+        server.run(sockets=[uv_config.bind_socket()])
     finally:
         gateway.recorder.close()
         flush_logs()

@@ -117,7 +117,11 @@ class ServerThread:
         }
         options.update(self._config)
         ready = threading.Event()
-        server = _ThreadServer(uvicorn.Config(self.app, **options), ready)
+        try:
+            server = _ThreadServer(uvicorn.Config(self.app, **options), ready)
+        except BaseException:
+            sock.close()  # a bad uvicorn option: the thread that would close it never starts
+            raise
         self._server = server
         self._error = None
         thread = threading.Thread(
